@@ -1,0 +1,1 @@
+"""pianomuse: piano completion with RWKV-7."""
