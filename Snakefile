@@ -1,0 +1,29 @@
+# pianomuse: raw MAESTRO MIDI -> REMI tokens -> bar windows -> RWKV-7 model.
+# Each rule is one stage: a thin script under workflow/scripts calling one pianomuse module.
+
+from snakemake.utils import min_version, validate
+
+from pianomuse.config import apply_preset
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+_resolved = apply_preset(config, workflow.config_settings.overwrite_config)
+config.clear()
+config.update(_resolved)
+validate(config, "workflow/schemas/config.schema.yaml")
+
+SPLITS = ["train", "validation", "test"]
+SHARDS = range(config["tokenize"]["shards"])
+
+
+include: "workflow/rules/data.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        rules.data.input,

@@ -1,0 +1,12 @@
+import json
+
+from pianomuse.augment import augment_shard
+from pianomuse.logs import log_to_file
+
+log = log_to_file(snakemake.log[0])
+stats = augment_shard(
+    snakemake.input.tokenizer, snakemake.input.shard, snakemake.params.transpositions, snakemake.output.shard
+)
+with open(snakemake.output.stats, "w") as f:
+    json.dump(stats, f, indent=2)
+log.info("%s", stats)
