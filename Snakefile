@@ -1,6 +1,8 @@
 # pianomuse: raw MAESTRO MIDI -> REMI tokens -> bar windows -> RWKV-7 model.
 # Each rule is one stage: a thin script under workflow/scripts calling one pianomuse module.
 
+import glob
+
 from snakemake.utils import min_version, validate
 
 from pianomuse.config import apply_preset
@@ -21,9 +23,11 @@ SHARDS = range(config["tokenize"]["shards"])
 
 
 include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
 
 
 rule all:
     default_target: True
     input:
         rules.data.input,
+        rules.kernels.output.record,
