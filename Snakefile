@@ -24,6 +24,7 @@ SHARDS = range(config["tokenize"]["shards"])
 
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
+include: "workflow/rules/train.smk"
 
 
 rule all:
@@ -31,3 +32,4 @@ rule all:
     input:
         rules.data.input,
         rules.kernels.output.record,
+        rules.train.output.done,

@@ -1,0 +1,6 @@
+from pianomuse.logs import log_to_file
+from pianomuse.train import launch
+
+log = log_to_file(snakemake.log[0])
+config = {**snakemake.config, "model": snakemake.params.model, "train": snakemake.params.train}
+launch(config, snakemake.input.train, snakemake.input.validation, snakemake.input.tokenizer, snakemake.params.run_dir)
