@@ -1,0 +1,328 @@
+"""Training: token-budget batches, completion-only loss, optimiser and schedule, skipping non-finite steps,
+bit-exact resuming, and a tiny end-to-end run through Snakemake on real MAESTRO pieces."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from pianomuse.batching import Batch, collate_windows, epoch_batches, pack_by_length, shard_for_rank
+from pianomuse.config import apply_preset
+from pianomuse.model import RWKV7, RWKV7Config
+from pianomuse.tokenizer import build_tokenizer, save_tokenizer
+from pianomuse.train import (
+    NonFiniteGuard,
+    completion_nll,
+    lr_factor,
+    optimizer_groups,
+    read_metrics,
+    train,
+    train_step,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
+TINY_MODEL = {"n_layer": 2, "n_embd": 64, "head_size": 64}
+
+
+def tiny_model(vocab_size: int = 50, **overrides) -> RWKV7:
+    torch.manual_seed(0)
+    return RWKV7(RWKV7Config(vocab_size=vocab_size, **{**TINY_MODEL, **overrides}))
+
+
+def no_autocast():
+    return torch.autocast("cpu", enabled=False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Batching
+
+
+def test_batches_respect_the_budget_cover_every_window_once_and_pad_little():
+    lengths = np.random.default_rng(0).integers(20, 400, size=2000)
+    batches = epoch_batches(lengths, batch_tokens=2048, seed=0, epoch=0, chunk_windows=500)
+    assert sorted(i for batch in batches for i in batch) == list(range(len(lengths)))
+    assert all(len(batch) * lengths[batch].max() <= 2048 for batch in batches)
+    padded = sum(len(batch) * lengths[batch].max() for batch in batches)
+    assert 1 - lengths.sum() / padded < 0.05  # bucketing keeps padding small (unsorted batches: ~40%)
+
+
+def test_epochs_reshuffle_deterministically():
+    lengths = np.random.default_rng(0).integers(20, 400, size=500)
+    first = epoch_batches(lengths, 2048, seed=3, epoch=0, chunk_windows=100)
+    assert first == epoch_batches(lengths, 2048, seed=3, epoch=0, chunk_windows=100)
+    assert first != epoch_batches(lengths, 2048, seed=3, epoch=1, chunk_windows=100)
+    assert first != epoch_batches(lengths, 2048, seed=4, epoch=0, chunk_windows=100)
+
+
+def test_a_window_longer_than_the_budget_is_a_clear_error():
+    with pytest.raises(ValueError, match="raise train.batch_tokens"):
+        pack_by_length(np.arange(3), np.array([10, 5000, 10]), batch_tokens=2048)
+
+
+def test_ranks_get_disjoint_equal_shares():
+    batches = [[i] for i in range(11)]
+    shares = [shard_for_rank(batches, rank, 3) for rank in range(3)]
+    assert [len(s) for s in shares] == [3, 3, 3]
+    assert sorted(b[0] for s in shares for b in s) == list(range(9))
+
+
+def test_collate_selects_exactly_the_positions_that_predict_completion_tokens():
+    batch = collate_windows([([1, 2, 3], [4, 5]), ([6], [7, 8, 9])], pad_id=0)
+    assert batch.inputs.tolist() == [[1, 2, 3, 4], [6, 7, 8, 0]]
+    assert batch.head_positions.tolist() == [2, 3, 4, 5, 6]
+    assert batch.inputs.view(-1)[batch.head_positions].tolist() == [3, 4, 6, 7, 8]
+    assert batch.targets.tolist() == [4, 5, 7, 8, 9]
+    assert batch.padding_fraction == pytest.approx(1 / 8)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss, optimiser, schedule, non-finite steps
+
+
+def test_completion_only_loss_equals_the_masked_full_logit_loss():
+    model = tiny_model().eval()
+    rng = np.random.default_rng(0)
+    windows = [(rng.integers(1, 50, 30).tolist(), rng.integers(1, 50, n).tolist()) for n in (10, 25, 3)]
+    batch = collate_windows(windows, pad_id=0)
+    with torch.no_grad():
+        sliced = completion_nll(model, batch)
+        logits = model(batch.inputs)
+    targets = torch.full(batch.inputs.shape, -100).view(-1)
+    targets[batch.head_positions] = batch.targets
+    full = F.cross_entropy(logits.view(-1, logits.size(-1)).float(), targets, ignore_index=-100)
+    torch.testing.assert_close(sliced, full, rtol=1e-5, atol=1e-6)
+
+
+def test_only_2d_linear_weights_decay_and_every_parameter_is_in_one_group():
+    model = tiny_model()
+    groups = optimizer_groups(model, weight_decay=0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    grouped = [names[id(p)] for g in groups for p in g["params"]]
+    assert sorted(grouped) == sorted(names.values())
+    decayed = [names[id(p)] for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert decayed and all(n.endswith(".weight") and n != "emb.weight" for n in decayed)
+    assert all(p.ndim == 2 for g in groups if g["weight_decay"] > 0 for p in g["params"])
+    assert "head.weight" in decayed and "emb.weight" not in decayed
+    assert not any(".ln" in n or "ln_" in n for n in decayed)
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_along_a_cosine_to_the_floor():
+    factors = [lr_factor(step, warmup_steps=10, max_steps=110, min_ratio=0.1) for step in range(111)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert factors[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(factors[10:], factors[11:]))
+    assert factors[60] == pytest.approx(0.55)  # halfway down the cosine
+    assert factors[110] == pytest.approx(0.1)
+
+
+def test_a_non_finite_step_updates_nothing_and_too_many_in_a_row_abort():
+    model = tiny_model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with torch.no_grad():
+        model.emb.weight[5] = float("nan")
+    before = copy.deepcopy(model.state_dict())
+    batch = collate_windows([([5, 6, 7], [8, 9])], pad_id=0)
+    loss, grad_norm, updated = train_step(model, optimizer, batch, 1.0, no_autocast, world_size=1)
+    assert not updated and not math.isfinite(loss)
+    assert all(torch.equal(before[k].nan_to_num(), v.nan_to_num()) for k, v in model.state_dict().items())
+    assert not optimizer.state  # AdamW never stepped
+
+    guard = NonFiniteGuard(max_in_a_row=3)
+    for step, finite in enumerate([False, False, True, False, False]):
+        guard.record(finite, step)
+    with pytest.raises(RuntimeError, match="3 non-finite .* in a row"):
+        guard.record(False, 5)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Whole runs on synthetic windows
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    """Windows of a learnable token pattern, saved like results/windows/{split}, and a real tokenizer."""
+    root = tmp_path_factory.mktemp("data")
+    tokenizer = build_tokenizer(**CONFIG["tokenizer"])
+    save_tokenizer(tokenizer, root / "tokenizer.json")
+    rng = np.random.default_rng(0)
+
+    def windows(n):
+        rows = {"context_ids": [], "completion_ids": [], "piece_id": [], "start_bar": [], "transpose": []}
+        for i in range(n):
+            start, step = int(rng.integers(4, 200)), int(rng.integers(1, 4))
+            sequence = [4 + (start + step * t) % 380 for t in range(int(rng.integers(24, 90)))]
+            cut = len(sequence) * 2 // 3
+            rows["context_ids"].append(sequence[:cut])
+            rows["completion_ids"].append(sequence[cut:])
+            rows["piece_id"].append(f"piece-{i % 7}")
+            rows["start_bar"].append(4 * i)
+            rows["transpose"].append(0)
+        features = datasets.Features(
+            {
+                "context_ids": datasets.Sequence(datasets.Value("uint16")),
+                "completion_ids": datasets.Sequence(datasets.Value("uint16")),
+                "piece_id": datasets.Value("string"),
+                "start_bar": datasets.Value("int32"),
+                "transpose": datasets.Value("int8"),
+            }
+        )
+        return datasets.Dataset.from_dict(rows, features=features)
+
+    windows(160).save_to_disk(str(root / "train"))
+    windows(24).save_to_disk(str(root / "validation"))
+    return root
+
+
+def run_config(**train_overrides) -> dict:
+    config = apply_preset(CONFIG, {})
+    config["model"] = dict(TINY_MODEL)
+    config["train"].update(
+        device="cpu", max_steps=8, batch_tokens=1024, bucket_windows=64, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+        dropout=0.1, eval_every=3, eval_windows=8, log_every=1, checkpoint_every=1, num_workers=0,
+    )
+    config["train"].update(train_overrides)
+    return config
+
+
+def run(config, data: Path, run_dir: Path, **kwargs) -> dict:
+    return train(config, data / "train", data / "validation", data / "tokenizer.json", run_dir, **kwargs)
+
+
+def deterministic_columns(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+
+
+def test_resumed_run_matches_an_uninterrupted_one_step_for_step(synthetic_data, tmp_path):
+    torch.use_deterministic_algorithms(True)
+    try:
+        config = run_config()
+        run(config, synthetic_data, tmp_path / "straight")
+        run(config, synthetic_data, tmp_path / "resumed", stop_at_step=4)
+        assert not (tmp_path / "resumed/done.json").exists()
+        # A kill -9 after a checkpoint can leave metrics rows past it; resuming must drop them.
+        with open(tmp_path / "resumed/metrics.csv", "a") as f:
+            f.write("5,0,0.1,9.9,,1,0,1,0\n")
+        run(copy.deepcopy(config), synthetic_data, tmp_path / "resumed")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    straight = read_metrics(tmp_path / "straight/metrics.csv")
+    resumed = read_metrics(tmp_path / "resumed/metrics.csv")
+    assert [int(r["step"]) for r in straight] == list(range(1, 9))
+    assert deterministic_columns(resumed) == deterministic_columns(straight)
+    for name in ["last.pth", "best.pth"]:
+        a, b = torch.load(tmp_path / "straight" / name), torch.load(tmp_path / "resumed" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "straight/done.json").read_text()) == json.loads((tmp_path / "resumed/done.json").read_text())
+
+
+def test_a_run_that_keeps_producing_nan_aborts_with_a_clear_message(synthetic_data, tmp_path):
+    config = run_config(max_steps=20, max_nonfinite_steps=3)
+    run(config, synthetic_data, tmp_path, stop_at_step=1)
+    weights = torch.load(tmp_path / "last.pth")
+    weights["emb.weight"].fill_(float("nan"))
+    torch.save(weights, tmp_path / "last.pth")
+    with pytest.raises(RuntimeError, match="aborted at step 4: 3 non-finite"):
+        run(config, synthetic_data, tmp_path)
+    assert [r["skipped_steps"] for r in read_metrics(tmp_path / "metrics.csv")] == ["0", "1", "2"]
+
+
+def test_resuming_a_different_model_is_refused(synthetic_data, tmp_path):
+    run(run_config(), synthetic_data, tmp_path, stop_at_step=1)
+    config = run_config()
+    config["model"]["n_layer"] = 3
+    with pytest.raises(RuntimeError, match="different model"):
+        run(config, synthetic_data, tmp_path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The workflow
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in ["Snakefile", "config.yaml", "workflow", "envs", "csrc"]:
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif source.exists():
+            shutil.copy(source, dest / name)
+    return dest
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "results/logs").rglob("*.log")))
+        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}\n{logs}")
+    return result
+
+
+def test_unknown_train_key_fails_schema_validation(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["train"]["learning_rate"] = 1e-3
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = snakemake(workdir, "--dry-run", "train", check=False)
+    assert result.returncode != 0
+    assert "Additional properties are not allowed ('learning_rate' was unexpected)" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def maestro_pieces() -> Path:
+    maestro = REPO.parent / "shared/data/maestro-v3.0.0"
+    if not (maestro / "maestro-v3.0.0.csv").exists():
+        pytest.skip(f"MAESTRO v3.0.0 not found at {maestro}")
+    return maestro
+
+
+@pytest.mark.slow
+@pytest.mark.maestro
+def test_tiny_training_run_through_snakemake_on_real_maestro(tmp_path, maestro_pieces):
+    workdir = copy_workflow(tmp_path)
+    overrides = {
+        "maestro_dir": str(maestro_pieces),
+        "maestro": {"pieces_per_split": 2},
+        "tokenize": {"shards": 1},
+        "augment": {"transpositions": [1]},
+        "windows": {"context_bars": 2, "completion_bars": 1, "step": 4, "max_tokens": 512},
+        "model": TINY_MODEL,
+        "train": {
+            "run": "tiny", "device": "cpu", "max_steps": 30, "batch_tokens": 4096, "lr": 3e-3, "min_lr": 3e-4,
+            "warmup_steps": 3, "eval_every": 10, "eval_windows": 16, "log_every": 5, "checkpoint_every": 10,
+            "num_workers": 1,
+        },
+    }
+    (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    snakemake(workdir, "train", "--configfile", "overrides.yaml")
+    run_dir = workdir / "results/checkpoints/tiny"
+    for name in ["done.json", "last.pth", "last.json", "last.state.pt", "best.pth", "best.json", "config.yaml",
+                 "metrics.csv", "loss.png"]:
+        assert (run_dir / name).exists(), name
+    rows = read_metrics(run_dir / "metrics.csv")
+    losses = [float(r["train_loss"]) for r in rows]
+    assert losses[-1] < losses[0] - 0.5
+    done = json.loads((run_dir / "done.json").read_text())
+    assert done["val_nll"] < done["unigram_nll"]
+    assert json.loads((run_dir / "best.json").read_text())["tokenizer_hash"]
+
+    # A longer schedule continues from last.pth rather than starting over.
+    overrides["train"]["max_steps"] = 35
+    (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    snakemake(workdir, "train", "--configfile", "overrides.yaml")
+    assert "resuming" in (workdir / "results/logs/train/tiny.log").read_text()
+    assert int(read_metrics(run_dir / "metrics.csv")[-1]["step"]) == 35
