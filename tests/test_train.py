@@ -26,6 +26,7 @@ from pianomuse.tokenizer import build_tokenizer, save_tokenizer
 from pianomuse.train import (
     NonFiniteGuard,
     completion_nll,
+    launch,
     lr_factor,
     optimizer_groups,
     read_metrics,
@@ -246,6 +247,13 @@ def test_resuming_a_different_model_is_refused(synthetic_data, tmp_path):
     config["model"]["n_layer"] = 3
     with pytest.raises(RuntimeError, match="different model"):
         run(config, synthetic_data, tmp_path)
+
+
+def test_two_process_ddp_on_cpu_trains_and_only_rank_0_writes(synthetic_data, tmp_path):
+    config = run_config(devices=2, max_steps=4, eval_every=2)
+    launch(config, synthetic_data / "train", synthetic_data / "validation", synthetic_data / "tokenizer.json", tmp_path)
+    assert [int(r["step"]) for r in read_metrics(tmp_path / "metrics.csv")] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "done.json").read_text())["step"] == 4
 
 
 # ----------------------------------------------------------------------------------------------------------------
