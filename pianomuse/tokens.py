@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
+from pathlib import Path
+
+import numpy as np
 import pyarrow as pa
+from miditok import REMI
+from symusic import Score
+
+from pianomuse.maestro import read_manifest, write_parquet_atomic
+from pianomuse.tokenizer import load_tokenizer
 
 # Contract of a token shard (results/tokens/{split}/shard-{k}.parquet); the augment shards share it.
 TOKEN_SHARD_SCHEMA = pa.schema(
@@ -22,3 +32,124 @@ TOKEN_SHARD_SCHEMA = pa.schema(
 
 # Contract of a rejects table (results/tokens/{split}/shard-{k}.rejects.parquet).
 REJECTS_SCHEMA = pa.schema([("piece_id", pa.string()), ("path", pa.string()), ("reason", pa.string())])
+
+
+class RejectedPiece(Exception):
+    """A file that cannot become a token sequence; `reason` goes to the rejects table."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def shard_index(piece_id: str, n_shards: int) -> int:
+    """The shard of a piece, from a hash of its id alone: adding or removing pieces moves no other piece."""
+    digest = hashlib.sha1(piece_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % n_shards
+
+
+def merge_piano_tracks(score: Score) -> None:
+    """Keep one track holding the notes and pedals of every non-drum track (in place).
+
+    Without programs, REMI encodes each track as its own sequence; the model reads a single piano stream.
+    """
+    piano, *others = [track for track in score.tracks if not track.is_drum and track.note_num() > 0]
+    for track in others:
+        piano.notes.extend(track.notes)
+        piano.pedals.extend(track.pedals)
+    score.tracks = [piano]
+
+
+def tokenize_piece(tokenizer: REMI, midi_path: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """REMI ids (uint16), the index of every Bar token in them (uint32), and the number of notes encoded.
+
+    Raises RejectedPiece when the file is not readable MIDI, holds no piano notes, or encodes to no notes.
+    """
+    # Any failure in symusic or miditok is the file's fault as far as the shard goes: quarantine, go on.
+    try:
+        score = Score(str(midi_path))
+    except Exception as error:
+        raise RejectedPiece(f"not a readable MIDI file: {type(error).__name__}: {error}") from error
+    if score.note_num() == 0:
+        raise RejectedPiece("empty: the file holds no notes")
+    if all(track.is_drum for track in score.tracks if track.note_num() > 0):
+        raise RejectedPiece("no piano notes: only drum tracks hold notes")
+    merge_piano_tracks(score)
+    try:
+        sequences = tokenizer.encode(score)
+    except Exception as error:
+        raise RejectedPiece(f"miditok could not tokenize it: {type(error).__name__}: {error}") from error
+
+    # Preprocessing drops notes outside the pitch range and duplicates, so count what was encoded.
+    ids = np.asarray(sequences[0].ids if sequences else [], dtype=np.uint16)
+    n_notes = int(np.isin(ids, pitch_token_ids(tokenizer)).sum())
+    if n_notes == 0:
+        raise RejectedPiece("no notes left after the tokenizer's preprocessing (all outside its pitch range?)")
+    bar_offsets = np.flatnonzero(ids == tokenizer.vocab["Bar_None"]).astype(np.uint32)
+    return ids, bar_offsets, n_notes
+
+
+def pitch_token_ids(tokenizer: REMI) -> np.ndarray:
+    return np.array([i for token, i in tokenizer.vocab.items() if token.startswith("Pitch_")], dtype=np.uint16)
+
+
+def list_array(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
+    """One Arrow list column from per-row numpy arrays, built from their concatenation without per-row work."""
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    values = np.concatenate(arrays) if arrays else np.array([], dtype=value_type.to_pandas_dtype())
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
+
+
+def tokenize_shard(
+    tokenizer_path: str | Path,
+    manifest_path: str | Path,
+    split: str,
+    shard: int,
+    n_shards: int,
+    shard_path: str | Path,
+    rejects_path: str | Path,
+) -> dict:
+    """Tokenize the pieces of `split` that fall in `shard`; write the token shard and its rejects table.
+
+    Rows are sorted by piece_id. Both files are written whole or not at all. Returns counts and timing.
+    """
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(tokenizer_path)
+    manifest = read_manifest(manifest_path)
+    pieces = manifest[manifest["split"] == split]
+    in_shard = np.array([shard_index(piece_id, n_shards) == shard for piece_id in pieces["piece_id"]], dtype=bool)
+    pieces = pieces[in_shard].sort_values("piece_id", ignore_index=True)
+
+    kept, ids, bar_offsets, n_notes = [], [], [], []
+    rejects = {"piece_id": [], "path": [], "reason": []}
+    for row, (piece_id, midi_path) in enumerate(zip(pieces["piece_id"], pieces["midi_path"])):
+        try:
+            piece_ids, piece_bars, piece_notes = tokenize_piece(tokenizer, midi_path)
+        except RejectedPiece as rejected:
+            rejects["piece_id"].append(piece_id)
+            rejects["path"].append(midi_path)
+            rejects["reason"].append(rejected.reason)
+            continue
+        kept.append(row)
+        ids.append(piece_ids)
+        bar_offsets.append(piece_bars)
+        n_notes.append(piece_notes)
+
+    tokenized = pieces.iloc[kept]
+    columns = {name: tokenized[name] for name in ["piece_id", "split", "composer", "title", "year", "duration"]}
+    columns["transpose"] = np.zeros(len(kept), dtype=np.int8)
+    columns["ids"] = list_array(ids, pa.uint16())
+    columns["bar_offsets"] = list_array(bar_offsets, pa.uint32())
+    columns["n_notes"] = np.array(n_notes, dtype=np.int32)
+    write_parquet_atomic(pa.Table.from_pydict(columns, schema=TOKEN_SHARD_SCHEMA), shard_path)
+    write_parquet_atomic(pa.Table.from_pydict(rejects, schema=REJECTS_SCHEMA), rejects_path)
+    return {
+        "pieces": len(kept),
+        "rejected": len(rejects["piece_id"]),
+        "notes": int(sum(n_notes)),
+        "tokens": int(sum(len(a) for a in ids)),
+        "seconds": round(time.perf_counter() - start, 3),
+    }

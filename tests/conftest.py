@@ -1,0 +1,30 @@
+"""Fixtures shared across the test modules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pianomuse.tokenizer import build_tokenizer, save_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def maestro_dir() -> Path:
+    """The shared MAESTRO v3.0.0 copy beside the repository (../shared/data/maestro-v3.0.0); skips when absent."""
+    path = REPO.parent / "shared/data/maestro-v3.0.0"
+    if not (path / "maestro-v3.0.0.csv").is_file():
+        pytest.skip(f"MAESTRO v3.0.0 not found at {path} (no maestro-v3.0.0.csv there)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory) -> Path:
+    """The tokenizer the workflow builds from config.yaml's defaults, saved once per session."""
+    settings = yaml.safe_load((REPO / "config.yaml").read_text())["tokenizer"]
+    path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
+    save_tokenizer(build_tokenizer(**settings), path)
+    return path
