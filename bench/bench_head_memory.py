@@ -81,10 +81,10 @@ def measure(args) -> dict:
     )
     model = RWKV7(config).to(device)
     completion = int(args.ctx * args.completion_fraction)
-    windows = [
-        (torch.randint(4, args.vocab, (args.ctx + 1 - completion,)).tolist(), torch.randint(4, args.vocab, (completion,)).tolist())
-        for _ in range(args.batch)
-    ]
+    def tokens(n):
+        return torch.randint(4, args.vocab, (n,)).tolist()
+
+    windows = [(tokens(args.ctx + 1 - completion), tokens(completion)) for _ in range(args.batch)]
     batch = collate_windows(windows, pad_id=0).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -158,7 +158,8 @@ def main() -> None:
     mib = 2**20
     print(
         f"L{args.n_layer} D{args.n_embd} vocab {args.vocab}, batch {args.batch} x ctx {args.ctx}, "
-        f"completion {args.completion_fraction:.0%}, grad checkpoint {args.grad_checkpoint}, {results['full']['device']}"
+        f"completion {args.completion_fraction:.0%}, grad checkpoint {args.grad_checkpoint}, "
+        f"{results['full']['device']}"
     )
     print(f"{'peak memory (MiB)':<22}{'full logits':>14}{'completion-only':>18}{'ratio':>8}")
     for scope in ["model_step", "head_and_loss"]:

@@ -27,8 +27,8 @@ def pack_by_length(indices: np.ndarray, lengths: np.ndarray, batch_tokens: int) 
     too_long = lengths[indices] > batch_tokens
     if too_long.any():
         raise ValueError(
-            f"{too_long.sum()} windows are longer than batch_tokens={batch_tokens} (longest: {lengths[indices].max()}); "
-            "raise train.batch_tokens to at least windows.max_tokens"
+            f"{too_long.sum()} windows are longer than batch_tokens={batch_tokens} "
+            f"(longest: {lengths[indices].max()}); raise train.batch_tokens to at least windows.max_tokens"
         )
     ordered = indices[np.argsort(lengths[indices], kind="stable")]
     batches, batch = [], []
@@ -67,7 +67,7 @@ def shard_for_rank(batches: list[list[int]], rank: int, world_size: int) -> list
 @dataclass
 class Batch:
     inputs: torch.Tensor  # (B, T) token ids, right-padded
-    head_positions: torch.Tensor  # (N,) flat indices into B*T: the positions whose next token is a completion token
+    head_positions: torch.Tensor  # (N,) flat indices into B*T of positions that predict a completion token
     targets: torch.Tensor  # (N,) the completion tokens those positions must predict
     real_tokens: int  # input tokens that are not padding
 

@@ -281,9 +281,10 @@ def train(
         return shard_for_rank(batches, rank, world_size)
 
     max_steps = cfg["max_steps"] or cfg["epochs"] * len(batches_of_epoch(0))
-    eval_batches = pack_by_length(eval_subset(val_lengths, cfg["eval_windows"], cfg["seed"]), val_lengths, cfg["batch_tokens"])
-    full_val_batches = pack_by_length(np.arange(len(val_lengths)), val_lengths, cfg["batch_tokens"])
+    eval_windows = eval_subset(val_lengths, cfg["eval_windows"], cfg["seed"])
+    eval_batches = pack_by_length(eval_windows, val_lengths, cfg["batch_tokens"])
     eval_loader = batch_loader(val_ds, eval_batches, pad_id, cfg["num_workers"])
+    full_val_batches = pack_by_length(np.arange(len(val_lengths)), val_lengths, cfg["batch_tokens"])
 
     mconfig = model_config(config, vocab_size)
     model = RWKV7(mconfig).to(device)
@@ -308,26 +309,32 @@ def train(
         print(f"resuming {run_dir} at step {step} (epoch {epoch}, batch {batch_in_epoch})", file=sys.stderr)
     raw_model = model
     if world_size > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+        device_ids = [local_rank] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     n_params = sum(p.numel() for p in raw_model.parameters())
-    info = {"model": dataclasses.asdict(mconfig), "tokenizer_hash": tokenizer_hash(tokenizer_path), "n_params": n_params}
+    info = {
+        "model": dataclasses.asdict(mconfig), "tokenizer_hash": tokenizer_hash(tokenizer_path), "n_params": n_params
+    }
     if is_writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         metrics = MetricsLog(run_dir / "metrics.csv", step)
-        print(f"model: {n_params / 1e6:.2f}M parameters, {max_steps} steps, device {device} x{world_size}", file=sys.stderr)
+        print(f"model: {n_params / 1e6:.2f}M parameters, {max_steps} steps on {device} x{world_size}", file=sys.stderr)
 
     def checkpoint(extra_metrics: dict) -> None:
         state = {
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_val": best_val,
-            "skipped_steps": skipped, "nonfinite_in_a_row": guard.in_a_row, "model_config": dataclasses.asdict(mconfig),
+            "skipped_steps": skipped, "nonfinite_in_a_row": guard.in_a_row,
+            "model_config": dataclasses.asdict(mconfig),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         }
         save_resume_point(raw_model, {**info, "step": step, "metrics": extra_metrics}, state, run_dir)
 
     model.train()
-    progress = tqdm(total=max_steps, initial=step, disable=not is_writer, dynamic_ncols=True, file=sys.stderr)
+    # In a log file (Snakemake), a refresh every 30 s keeps it readable.
+    refresh_s = 0.1 if sys.stderr.isatty() else 30
+    progress = tqdm(total=max_steps, initial=step, disable=not is_writer, mininterval=refresh_s, file=sys.stderr)
     window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
     while step < max_steps and (stop_at_step is None or step < stop_at_step):
         batches = batches_of_epoch(epoch)
@@ -379,10 +386,12 @@ def train(
 
     summary = {"step": step, "max_steps": max_steps, "best_val_nll_subset": best_val}
     if is_writer:
-        summary["val_nll"] = evaluate(raw_model, batch_loader(val_ds, full_val_batches, pad_id, cfg["num_workers"]), device, autocast)
+        full_val_loader = batch_loader(val_ds, full_val_batches, pad_id, cfg["num_workers"])
+        summary["val_nll"] = evaluate(raw_model, full_val_loader, device, autocast)
         summary["unigram_nll"] = unigram_nll(train_ds, val_ds, vocab_size)
         print(
-            f"validation NLL per completion token: {summary['val_nll']:.4f} (unigram baseline {summary['unigram_nll']:.4f})",
+            f"validation NLL per completion token: {summary['val_nll']:.4f} "
+            f"(unigram baseline {summary['unigram_nll']:.4f})",
             file=sys.stderr,
         )
         save_json({**info, "step": step, "metrics": summary}, run_dir / "last.json")

@@ -227,7 +227,8 @@ def test_resumed_run_matches_an_uninterrupted_one_step_for_step(synthetic_data, 
     for name in ["last.pth", "best.pth"]:
         a, b = torch.load(tmp_path / "straight" / name), torch.load(tmp_path / "resumed" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert json.loads((tmp_path / "straight/done.json").read_text()) == json.loads((tmp_path / "resumed/done.json").read_text())
+    done = [json.loads((tmp_path / name / "done.json").read_text()) for name in ["straight", "resumed"]]
+    assert done[0] == done[1]
 
 
 def test_a_run_that_keeps_producing_nan_aborts_with_a_clear_message(synthetic_data, tmp_path):
