@@ -80,7 +80,7 @@ class Batch:
 
 
 def collate_windows(windows: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
-    """Pad (context, completion) windows into one batch. Position t predicts token t+1, so the last token is not input."""
+    """Pad (context, completion) windows into a batch. Position t predicts token t+1: the last token is no input."""
     sequences = [list(context) + list(completion) for context, completion in windows]
     width = max(len(s) for s in sequences) - 1
     inputs = torch.full((len(sequences), width), pad_id, dtype=torch.long)
