@@ -49,15 +49,19 @@ def shard_index(piece_id: str, n_shards: int) -> int:
 
 
 def merge_piano_tracks(score: Score) -> None:
-    """Keep one track holding the notes and pedals of every non-drum track (in place).
+    """Keep one track holding the notes and pedals of every non-drum track (in place); needs one at least.
 
     Without programs, REMI encodes each track as its own sequence; the model reads a single piano stream.
     """
-    piano, *others = [track for track in score.tracks if not track.is_drum and track.note_num() > 0]
+    piano, *others = [track for track in score.tracks if not track.is_drum]
     for track in others:
         piano.notes.extend(track.notes)
         piano.pedals.extend(track.pedals)
     score.tracks = [piano]
+
+
+def pitch_token_ids(tokenizer: REMI) -> np.ndarray:
+    return np.array([i for token, i in tokenizer.vocab.items() if token.startswith("Pitch_")], dtype=np.uint16)
 
 
 def tokenize_piece(tokenizer: REMI, midi_path: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -87,10 +91,6 @@ def tokenize_piece(tokenizer: REMI, midi_path: str | Path) -> tuple[np.ndarray, 
         raise RejectedPiece("no notes left after the tokenizer's preprocessing (all outside its pitch range?)")
     bar_offsets = np.flatnonzero(ids == tokenizer.vocab["Bar_None"]).astype(np.uint32)
     return ids, bar_offsets, n_notes
-
-
-def pitch_token_ids(tokenizer: REMI) -> np.ndarray:
-    return np.array([i for token, i in tokenizer.vocab.items() if token.startswith("Pitch_")], dtype=np.uint16)
 
 
 def list_array(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:

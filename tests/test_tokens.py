@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from symusic import Score
+from symusic import ControlChange, Score
 
 from midi_factory import make_piano_score, write_midi
 from pianomuse.maestro import read_metadata, write_manifest
@@ -50,16 +50,20 @@ def test_bar_offsets_point_at_every_bar_token(tokenizer, tmp_path):
     assert (ids == bar).sum() == len(bar_offsets)
 
 
-def test_piano_tracks_merge_into_one_stream_and_drums_are_dropped(tokenizer, tmp_path):
+def test_piano_and_pedal_tracks_merge_into_one_stream_and_drums_are_dropped(tokenizer, tmp_path):
     score = make_piano_score(bars=2, notes_per_bar=4, pitches=[60], velocities=[67])
     left_hand = make_piano_score(bars=2, notes_per_bar=2, pitches=[36], velocities=[43])
     drums = make_piano_score(bars=2, notes_per_bar=8, pitches=[38], is_drum=True)
+    # The sustain pedal lives on the second track: it must reach the merged stream too.
+    left_hand.tracks[0].controls.extend([ControlChange(0, 64, 127), ControlChange(960, 64, 0)])
     piano_notes = sorted(notes_of(score) + notes_of(left_hand))
     score.tracks.extend([left_hand.tracks[0], drums.tracks[0]])
     ids, _, n_notes = tokenize_piece(tokenizer, write_midi(score, tmp_path / "piece.midi"))
 
     assert n_notes == 12
-    assert notes_of(tokenizer.decode([ids.tolist()])) == piano_notes
+    decoded = tokenizer.decode([ids.tolist()])
+    assert notes_of(decoded) == piano_notes
+    assert [(p.time, p.duration) for p in decoded.tracks[0].pedals] == [(0, 2 * decoded.ticks_per_quarter)]
 
 
 def bad_files(folder) -> dict[str, str]:
