@@ -291,20 +291,12 @@ def test_unknown_train_key_fails_schema_validation(tmp_path):
     assert "Additional properties are not allowed ('learning_rate' was unexpected)" in result.stdout + result.stderr
 
 
-@pytest.fixture(scope="module")
-def maestro_pieces() -> Path:
-    maestro = REPO.parent / "shared/data/maestro-v3.0.0"
-    if not (maestro / "maestro-v3.0.0.csv").exists():
-        pytest.skip(f"MAESTRO v3.0.0 not found at {maestro}")
-    return maestro
-
-
 @pytest.mark.slow
 @pytest.mark.maestro
-def test_tiny_training_run_through_snakemake_on_real_maestro(tmp_path, maestro_pieces):
+def test_tiny_training_run_through_snakemake_on_real_maestro(tmp_path, maestro_dir):
     workdir = copy_workflow(tmp_path)
     overrides = {
-        "maestro_dir": str(maestro_pieces),
+        "maestro_dir": str(maestro_dir),
         "maestro": {"pieces_per_split": 2},
         "tokenize": {"shards": 1},
         "augment": {"transpositions": [1]},
