@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from pianomuse.batching import Batch, collate_windows, epoch_batches, pack_by_length, shard_for_rank
+from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
-from pianomuse.tokenizer import build_tokenizer, save_tokenizer
 from pianomuse.train import (
     NonFiniteGuard,
     completion_nll,
@@ -154,11 +153,10 @@ def test_a_non_finite_step_updates_nothing_and_too_many_in_a_row_abort():
 
 
 @pytest.fixture(scope="module")
-def synthetic_data(tmp_path_factory):
-    """Windows of a learnable token pattern, saved like results/windows/{split}, and a real tokenizer."""
+def synthetic_data(tmp_path_factory, tokenizer_path):
+    """Windows of a learnable token pattern, saved like results/windows/{split}, beside the real tokenizer."""
     root = tmp_path_factory.mktemp("data")
-    tokenizer = build_tokenizer(**CONFIG["tokenizer"])
-    save_tokenizer(tokenizer, root / "tokenizer.json")
+    shutil.copy(tokenizer_path, root / "tokenizer.json")
     rng = np.random.default_rng(0)
 
     def windows(n):
