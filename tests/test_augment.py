@@ -1,0 +1,149 @@
+"""Augment stage: transpositions in token space, checked against miditok's own score augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from miditok.data_augmentation import augment_score
+from symusic import Score
+
+from midi_factory import make_piano_score, write_midi
+from pianomuse.augment import augment_shard, pitch_shift_table, transpose_ids
+from pianomuse.maestro import read_metadata, write_parquet_atomic
+from pianomuse.tokenizer import load_tokenizer
+from pianomuse.tokens import TOKEN_SHARD_SCHEMA, list_array, merge_piano_tracks, tokenize_piece
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_path):
+    return load_tokenizer(tokenizer_path)
+
+
+def write_token_shard(tokenizer, scores: dict[str, Score], path, transpose: int = 0):
+    """A token shard (TOKEN_SHARD_SCHEMA) of `scores` (piece_id -> score), tokenized like the tokenize stage."""
+    midi_dir = path.parent / "midi"
+    pieces = [tokenize_piece(tokenizer, write_midi(score, midi_dir / f"{piece_id}.midi")) for piece_id, score in scores.items()]
+    columns = {
+        "piece_id": list(scores),
+        "split": ["train"] * len(scores),
+        "composer": ["Composer"] * len(scores),
+        "title": [f"Title of {piece_id}" for piece_id in scores],
+        "year": [2004] * len(scores),
+        "duration": [30.0] * len(scores),
+        "transpose": np.full(len(scores), transpose, dtype=np.int8),
+        "ids": list_array([ids for ids, _, _ in pieces], pa.uint16()),
+        "bar_offsets": list_array([bars for _, bars, _ in pieces], pa.uint32()),
+        "n_notes": np.array([n for _, _, n in pieces], dtype=np.int32),
+    }
+    write_parquet_atomic(pa.Table.from_pydict(columns, schema=TOKEN_SHARD_SCHEMA), path)
+    return path
+
+
+def tokens_of(tokenizer, ids) -> list[str]:
+    return [tokenizer[int(i)] for i in ids]
+
+
+def pitches_of(tokenizer, ids) -> list[int]:
+    return [int(token.removeprefix("Pitch_")) for token in tokens_of(tokenizer, ids) if token.startswith("Pitch_")]
+
+
+def test_transposition_renames_only_the_pitch_tokens(tokenizer, tmp_path):
+    score = make_piano_score(bars=2, notes_per_bar=4, pitches=[60, 64, 67, 72])
+    ids, _, _ = tokenize_piece(tokenizer, write_midi(score, tmp_path / "piece.midi"))
+    table = pitch_shift_table(tokenizer)
+
+    up = transpose_ids(ids, 5, table)
+
+    assert up.dtype == np.uint16 and len(up) == len(ids)
+    assert pitches_of(tokenizer, up) == [p + 5 for p in pitches_of(tokenizer, ids)]
+    is_pitch = np.array([token.startswith("Pitch_") for token in tokens_of(tokenizer, ids)])
+    assert (up[~is_pitch] == ids[~is_pitch]).all()
+    assert (transpose_ids(up, -5, table) == ids).all()
+
+
+def test_a_pitch_leaving_the_range_gives_none(tokenizer, tmp_path):
+    low, high = tokenizer.config.pitch_range
+    score = make_piano_score(bars=1, notes_per_bar=2, pitches=[low + 2, high - 3])
+    ids, _, _ = tokenize_piece(tokenizer, write_midi(score, tmp_path / "piece.midi"))
+    table = pitch_shift_table(tokenizer)
+
+    assert transpose_ids(ids, -2, table) is not None and transpose_ids(ids, 3, table) is not None
+    assert transpose_ids(ids, -3, table) is None
+    assert transpose_ids(ids, 4, table) is None
+    with pytest.raises(ValueError, match="outside"):
+        transpose_ids(ids, 13, table)
+
+
+def test_augment_shard_writes_the_transpositions_that_fit(tokenizer, tokenizer_path, tmp_path):
+    low, high = tokenizer.config.pitch_range
+    scores = {
+        "2004/low": make_piano_score(bars=2, notes_per_bar=4, pitches=[low + 1, 60]),  # no room 2 down
+        "2004/mid": make_piano_score(bars=3, notes_per_bar=4, seed=1),
+        "2004/high": make_piano_score(bars=2, notes_per_bar=4, pitches=[60, high - 2]),  # no room 3 up
+    }
+    shard = write_token_shard(tokenizer, scores, tmp_path / "shard.parquet")
+
+    stats = augment_shard(tokenizer_path, shard, [-2, 1, 3], tmp_path / "augment.parquet")
+
+    original = pq.read_table(shard).to_pandas().set_index("piece_id")
+    augmented = pq.read_table(tmp_path / "augment.parquet")
+    assert augmented.schema == TOKEN_SHARD_SCHEMA
+    rows = augmented.to_pandas()
+    assert list(zip(rows["piece_id"], rows["transpose"])) == [
+        ("2004/high", -2), ("2004/high", 1), ("2004/low", 1), ("2004/low", 3), ("2004/mid", -2), ("2004/mid", 1), ("2004/mid", 3),
+    ]
+    table = pitch_shift_table(tokenizer)
+    for row in rows.itertuples():
+        source = original.loc[row.piece_id]
+        assert (row.ids == transpose_ids(source.ids, row.transpose, table)).all()
+        assert (row.bar_offsets == source.bar_offsets).all()
+        assert (row.n_notes, row.title, row.split) == (source.n_notes, source.title, source.split)
+    assert stats["skipped_per_offset"] == {"-2": 1, "1": 0, "3": 1}
+    assert stats["written"] == 7 and stats["pieces"] == 3
+    assert stats["tokens"] == sum(len(ids) for ids in rows["ids"])
+
+
+def test_augment_shard_refuses_offset_zero_and_transposed_input(tokenizer, tokenizer_path, tmp_path):
+    scores = {"2004/a": make_piano_score(bars=1, notes_per_bar=2)}
+    with pytest.raises(ValueError, match="non-zero"):
+        augment_shard(tokenizer_path, write_token_shard(tokenizer, scores, tmp_path / "a.parquet"), [0, 1], tmp_path / "out.parquet")
+    with pytest.raises(ValueError, match="original"):
+        augment_shard(tokenizer_path, write_token_shard(tokenizer, scores, tmp_path / "b.parquet", transpose=2), [1], tmp_path / "out.parquet")
+    assert not (tmp_path / "out.parquet").exists()
+
+
+@pytest.mark.maestro
+def test_token_space_transposition_equals_miditok_augment_score(tokenizer, maestro_dir):
+    """On real pieces: transposing the ids == augment_score(score, pitch_offset) then tokenizing.
+
+    augment_score shifts only the pitches of non-drum tracks (velocities, durations, pedals, tempos untouched)
+    and the tokenizer's preprocessing treats every pitch alike, so the two agree token for token.
+    """
+    low, high = tokenizer.config.pitch_range
+    offsets = [-5, 3, 6]
+    table = pitch_shift_table(tokenizer)
+    in_range, out_of_range = [], []
+    for midi_path in read_metadata(maestro_dir)["midi_path"][:12]:
+        score = Score(midi_path)
+        merge_piano_tracks(score)  # as tokenize_piece does
+        pitches = score.tracks[0].notes.numpy()["pitch"]
+        if pitches.min() + min(offsets) >= low and pitches.max() + max(offsets) <= high:
+            in_range.append((midi_path, score))
+        elif pitches.max() + max(offsets) > high and pitches.max() <= high:
+            out_of_range.append((midi_path, score))
+    assert len(in_range) >= 3 and out_of_range, "the first MAESTRO pieces no longer give both cases"
+
+    for midi_path, score in in_range[:3]:
+        ids, _, _ = tokenize_piece(tokenizer, midi_path)
+        for offset in offsets:
+            expected = tokenizer.encode(augment_score(score, pitch_offset=offset))[0].ids
+            assert transpose_ids(ids, offset, table).tolist() == expected, (midi_path, offset)
+
+    midi_path, score = out_of_range[0]
+    ids, _, n_notes = tokenize_piece(tokenizer, midi_path)
+    assert transpose_ids(ids, max(offsets), table) is None
+    # Tokenizing the transposed score would silently drop the notes pushed out of range instead.
+    dropped = tokenizer.encode(augment_score(score, pitch_offset=max(offsets)))[0].ids
+    assert len(pitches_of(tokenizer, dropped)) < n_notes
