@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 from miditok import REMI
 from symusic import Score
@@ -104,25 +106,31 @@ def list_array(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.ListArra
 def tokenize_shard(
     tokenizer_path: str | Path,
     manifest_path: str | Path,
-    split: str,
     shard: int,
     n_shards: int,
-    shard_path: str | Path,
-    rejects_path: str | Path,
-) -> dict:
-    """Tokenize the pieces of `split` that fall in `shard`; write the token shard and its rejects table.
+    outputs: Mapping[str, tuple[str | Path, str | Path]],
+) -> dict[str, dict]:
+    """Tokenize the pieces that fall in `shard`, for every split in `outputs` (split -> (shard path, rejects path)).
 
-    Rows are sorted by piece_id. Both files are written whole or not at all. Returns counts and timing.
+    One job covers every split so that each job carries a similar load and the process start-up is paid once.
+    Rows are sorted by piece_id. Each file is written whole or not at all. Returns counts and timing per split.
     """
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
-    start = time.perf_counter()
     tokenizer = load_tokenizer(tokenizer_path)
     manifest = read_manifest(manifest_path)
-    pieces = manifest[manifest["split"] == split]
-    in_shard = np.array([shard_index(piece_id, n_shards) == shard for piece_id in pieces["piece_id"]], dtype=bool)
-    pieces = pieces[in_shard].sort_values("piece_id", ignore_index=True)
+    in_shard = np.array([shard_index(piece_id, n_shards) == shard for piece_id in manifest["piece_id"]], dtype=bool)
+    manifest = manifest[in_shard]
+    return {
+        split: tokenize_pieces(tokenizer, manifest[manifest["split"] == split], shard_path, rejects_path)
+        for split, (shard_path, rejects_path) in outputs.items()
+    }
 
+
+def tokenize_pieces(tokenizer: REMI, pieces: pd.DataFrame, shard_path: str | Path, rejects_path: str | Path) -> dict:
+    """Tokenize manifest rows into one token shard and its rejects table."""
+    start = time.perf_counter()
+    pieces = pieces.sort_values("piece_id", ignore_index=True)
     kept, ids, bar_offsets, n_notes = [], [], [], []
     rejects = {"piece_id": [], "path": [], "reason": []}
     for row, (piece_id, midi_path) in enumerate(zip(pieces["piece_id"], pieces["midi_path"])):

@@ -116,7 +116,7 @@ def test_shard_quarantines_bad_files_and_tokenizes_the_rest(tokenizer_path, tmp_
     good = {f"2004/good-{i}": write_midi(make_piano_score(bars=4, notes_per_bar=6, seed=i), tmp_path / f"2004/good-{i}.midi") for i in range(3)}
     manifest = manifest_of({**{p: tmp_path / f"{p}.midi" for p in reasons}, **good}, tmp_path / "manifest.parquet")
 
-    stats = tokenize_shard(tokenizer_path, manifest, "train", 0, 1, tmp_path / "shard.parquet", tmp_path / "rejects.parquet")
+    stats = tokenize_shard(tokenizer_path, manifest, 0, 1, {"train": (tmp_path / "shard.parquet", tmp_path / "rejects.parquet")})["train"]
 
     shard = pq.read_table(tmp_path / "shard.parquet")
     assert shard.schema == TOKEN_SHARD_SCHEMA
@@ -139,12 +139,12 @@ def test_shards_split_the_pieces_by_shard_index_and_skip_other_splits(tokenizer_
 
     by_shard = {}
     for k in range(3):
-        tokenize_shard(tokenizer_path, manifest, "train", k, 3, tmp_path / f"{k}.parquet", tmp_path / f"{k}.rejects.parquet")
+        tokenize_shard(tokenizer_path, manifest, k, 3, {"train": (tmp_path / f"{k}.parquet", tmp_path / f"{k}.rejects.parquet")})
         by_shard[k] = pq.read_table(tmp_path / f"{k}.parquet")["piece_id"].to_pylist()
     assert sorted(sum(by_shard.values(), [])) == sorted(pieces)
     assert all(shard_index(p, 3) == k for k, ids in by_shard.items() for p in ids)
 
-    stats = tokenize_shard(tokenizer_path, manifest, "test", 0, 1, tmp_path / "t.parquet", tmp_path / "t.rejects.parquet")
+    stats = tokenize_shard(tokenizer_path, manifest, 0, 1, {"test": (tmp_path / "t.parquet", tmp_path / "t.rejects.parquet")})["test"]
     assert stats["pieces"] == stats["rejected"] == 0
     assert pq.read_table(tmp_path / "t.parquet").num_rows == 0
     assert pq.read_table(tmp_path / "t.rejects.parquet").num_rows == 0
@@ -167,7 +167,7 @@ def test_real_maestro_pieces(tokenizer, tokenizer_path, maestro_dir, tmp_path):
     manifest = tmp_path / "manifest.parquet"
     write_manifest(metadata.assign(split="train"), manifest)
 
-    stats = tokenize_shard(tokenizer_path, manifest, "train", 0, 1, tmp_path / "shard.parquet", tmp_path / "rejects.parquet")
+    stats = tokenize_shard(tokenizer_path, manifest, 0, 1, {"train": (tmp_path / "shard.parquet", tmp_path / "rejects.parquet")})["train"]
 
     assert stats["pieces"] == 3 and stats["rejected"] == 0
     shard = pq.read_table(tmp_path / "shard.parquet").to_pandas()

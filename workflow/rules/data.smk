@@ -57,14 +57,16 @@ rule tokenize:
         manifest=rules.maestro.output.manifest,
         tokenizer=rules.tokenizer.output[0],
     output:
-        shard="results/tokens/{split}/shard-{k}.parquet",
-        rejects="results/tokens/{split}/shard-{k}.rejects.parquet",
+        # One job per shard index covers every split: similar loads per job, start-up paid once.
+        shards=expand("results/tokens/{split}/shard-{{k}}.parquet", split=SPLITS),
+        rejects=expand("results/tokens/{split}/shard-{{k}}.rejects.parquet", split=SPLITS),
     params:
+        splits=SPLITS,
         shards=config["tokenize"]["shards"],
     log:
-        "results/logs/tokenize/{split}-{k}.log",
+        "results/logs/tokenize/shard-{k}.log",
     benchmark:
-        "results/benchmarks/tokenize/{split}-{k}.tsv"
+        "results/benchmarks/tokenize/shard-{k}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:
