@@ -1,0 +1,163 @@
+"""Windows stage: token shards -> (context, completion) pairs of whole bars, saved as a Hugging Face dataset.
+
+A window of piece row r starting at bar s is N context bars (s .. s+N-1) followed by M completion bars
+(s+N .. s+N+M-1); s = 0, step, 2*step, ... while the window fits in the piece, so a window never spans two pieces.
+Each part is cut at Bar tokens: the completion starts with one, and the parts hold exactly N and M Bar tokens.
+The last bar of a piece runs to the end of its ids: miditok writes no Bar token after it (no trailing bars) and
+it holds every remaining onset, so it counts as a whole bar like any other.
+
+A window starting mid-piece must state what is in force at its first bar. The time signature already is
+(REMI writes `Bar, TimeSig_x` for every bar); the tempo is set only where it changes, so the first bar becomes
+`Bar, TimeSig_x, Position_0, Tempo_t` followed by the rest of the bar, exactly what miditok writes for a bar whose
+tempo changes at its downbeat (Position_0 then the Tempo, before pedals and notes at that position). A bar that
+already starts `Position_0, Tempo_t` is unchanged; for one that starts `Position_0, ...` only the Tempo is added.
+Tempo changes inside the window are kept as they are.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from miditok import REMI
+
+from pianomuse.tokenizer import load_tokenizer
+from pianomuse.tokens import list_array
+
+
+@dataclass(frozen=True)
+class TempoMarkers:
+    """The ids that say where tempos are stated in a REMI stream."""
+
+    position_0: int
+    is_tempo: np.ndarray  # bool over the vocabulary
+    pad: int
+
+    @classmethod
+    def of(cls, tokenizer: REMI) -> TempoMarkers:
+        if not (tokenizer.config.use_tempos and tokenizer.config.use_time_signatures):
+            raise ValueError("bar windows need a tokenizer with tempos and time signatures (a TimeSig after every Bar)")
+        is_tempo = np.zeros(len(tokenizer.vocab), dtype=bool)
+        is_tempo[[i for token, i in tokenizer.vocab.items() if token.startswith("Tempo_")]] = True
+        return cls(tokenizer.vocab["Position_0"], is_tempo, tokenizer.pad_token_id)
+
+
+def tempo_at_bars(ids: np.ndarray, bar_offsets: np.ndarray, markers: TempoMarkers) -> tuple[np.ndarray, np.ndarray]:
+    """For every bar: the Tempo id in force at its downbeat, and how many of the tokens after its `Bar, TimeSig`
+    already state it (2 for `Position_0, Tempo_t`, 1 for `Position_0` alone, 0 when the bar starts later or is empty).
+    """
+    after_header = bar_offsets.astype(np.int64) + 2
+    padded = np.concatenate([ids, [markers.pad, markers.pad]])  # a bar may end the ids right after its header
+    starts_at_0 = padded[after_header] == markers.position_0
+    sets_tempo = starts_at_0 & markers.is_tempo[padded[after_header + 1]]
+    if len(bar_offsets) and not sets_tempo[0]:
+        raise ValueError("the first bar sets no tempo at its downbeat: not a REMI stream from this tokenizer")
+    tempo_indices = np.flatnonzero(markers.is_tempo[ids])
+    # The last Tempo before each Bar token; for the first bar (nothing before it) sets_tempo holds.
+    last_before = np.maximum(np.searchsorted(tempo_indices, bar_offsets) - 1, 0)
+    inherited = ids[tempo_indices[last_before]] if len(tempo_indices) else np.zeros(len(bar_offsets), ids.dtype)
+    tempo = np.where(sets_tempo, padded[after_header + 1], inherited).astype(np.uint16)
+    return tempo, starts_at_0.astype(np.int64) + sets_tempo
+
+
+def shard_rows(shard_path: str | Path) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
+    """(piece_id, transpose, ids, bar_offsets) of every row of a token shard, the arrays sliced from whole columns."""
+    table = pq.read_table(shard_path, columns=["piece_id", "transpose", "ids", "bar_offsets"])
+    columns = {}
+    for name in ["ids", "bar_offsets"]:
+        lists = table[name].combine_chunks()
+        offsets = lists.offsets.to_numpy()
+        columns[name] = (lists.flatten().to_numpy(), offsets - offsets[0])
+    (ids, ids_at), (bars, bars_at) = columns["ids"], columns["bar_offsets"]
+    for r, (piece_id, transpose) in enumerate(zip(table["piece_id"].to_pylist(), table["transpose"].to_pylist())):
+        yield piece_id, transpose, ids[ids_at[r] : ids_at[r + 1]], bars[bars_at[r] : bars_at[r + 1]]
+
+
+def save_dataset_atomic(dataset: datasets.Dataset, out_dir: str | Path) -> None:
+    """save_to_disk into a temporary folder beside `out_dir`, then rename it: a failed run leaves no partial dataset."""
+    out_dir = Path(out_dir)
+    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        dataset.save_to_disk(str(tmp))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_windows(
+    tokenizer_path: str | Path,
+    shard_paths: list,
+    context_bars: int,
+    completion_bars: int,
+    step: int,
+    max_tokens: int,
+    out_dir: str | Path,
+) -> dict:
+    """Cut every row of the token shards into bar windows and save them with `save_to_disk(out_dir)`.
+
+    Columns: context_ids, completion_ids (list<uint16>), piece_id, start_bar (int32), transpose (int8); rows in
+    shard, row and start-bar order. Rows with fewer than N+M bars are skipped and counted (pieces_too_short);
+    windows of more than `max_tokens` tokens (context + completion) are dropped and counted (windows_over_cap),
+    never truncated. `pieces` counts the rows read: a transposed copy of a piece counts as one more.
+    """
+    for name, value in [("context_bars", context_bars), ("completion_bars", completion_bars), ("step", step)]:
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(tokenizer_path)
+    markers = TempoMarkers.of(tokenizer)
+    window_bars = context_bars + completion_bars
+
+    contexts, completions, piece_ids, start_bars, transposes = [], [], [], [], []
+    stats = {"windows": 0, "pieces": 0, "pieces_too_short": 0, "windows_over_cap": 0, "tokens": 0}
+    for shard_path in shard_paths:
+        for piece_id, transpose, ids, bar_offsets in shard_rows(shard_path):
+            stats["pieces"] += 1
+            n_bars = len(bar_offsets)
+            if n_bars < window_bars:
+                stats["pieces_too_short"] += 1
+                continue
+            first_bars = np.arange(0, n_bars - window_bars + 1, step)
+            bounds = np.append(bar_offsets, len(ids)).astype(np.int64)
+            tempo, stated = tempo_at_bars(ids, bar_offsets, markers)
+            # Context: Bar, TimeSig, Position_0, Tempo, then the first bar's tokens after what they restate.
+            body_starts = bounds[first_bars] + 2 + stated[first_bars]
+            splits, ends = bounds[first_bars + context_bars], bounds[first_bars + window_bars]
+            lengths = 4 + (splits - body_starts) + (ends - splits)
+            fits = lengths <= max_tokens
+            stats["windows_over_cap"] += int((~fits).sum())
+            for s, body_start, split, end in zip(
+                first_bars[fits], body_starts[fits], splits[fits], ends[fits], strict=True
+            ):
+                bar = bounds[s]
+                header = np.array([ids[bar], ids[bar + 1], markers.position_0, tempo[s]], dtype=np.uint16)
+                contexts.append(np.concatenate([header, ids[body_start:split]]))
+                completions.append(ids[split:end])
+            piece_ids += [piece_id] * int(fits.sum())
+            start_bars.append(first_bars[fits])
+            transposes += [transpose] * int(fits.sum())
+            stats["tokens"] += int(lengths[fits].sum())
+
+    table = pa.table(
+        {
+            "context_ids": list_array(contexts, pa.uint16()),
+            "completion_ids": list_array(completions, pa.uint16()),
+            "piece_id": pa.array(piece_ids, pa.string()),
+            "start_bar": pa.array(np.concatenate(start_bars or [[]]).astype(np.int32)),
+            "transpose": pa.array(transposes, pa.int8()),
+        }
+    )
+    save_dataset_atomic(datasets.Dataset(table), out_dir)
+    stats["windows"] = len(table)
+    stats["seconds"] = round(time.perf_counter() - start, 3)
+    return stats
