@@ -173,7 +173,7 @@ class TimeMix(nn.Module):
         kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
         k = k * (1 + (iclr - 1) * self.k_a)
 
-        def heads(t):
+        def heads(t):  # [B, T, C] -> [B, T, H, N], in one dtype (under autocast w and iclr come out fp32)
             return t.reshape(B, T, H, N).to(r.dtype)
 
         y, wkv_state = run_wkv(heads(r), heads(w), heads(k), heads(v), heads(-kk), heads(kk * iclr), wkv_state)
