@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pianomuse.model import UNUSED_LAYER0_KEYS, save_rwkv_pth
+
 
 def atomic_write(path: Path, write) -> None:
     """Call `write(file_path)` on a temporary file in the same folder, then rename it over `path` in one step."""
@@ -39,9 +41,8 @@ def save_json(obj: dict, path: Path) -> None:
 
 
 def save_weights(model: torch.nn.Module, info: dict, run_dir: Path, name: str) -> None:
-    """`{name}.pth` (CPU state dict) and `{name}.json` (its description)."""
-    weights = {key: value.detach().cpu().clone() for key, value in model.state_dict().items()}
-    save_torch(weights, run_dir / f"{name}.pth")
+    """`{name}.pth` (RWKV-LM layout, fp32 on CPU) and `{name}.json` (its description)."""
+    atomic_write(run_dir / f"{name}.pth", lambda tmp: save_rwkv_pth(model, tmp))
     save_json(info, run_dir / f"{name}.json")
 
 
@@ -83,4 +84,6 @@ def load_resume_point(run_dir: Path) -> tuple[dict, dict] | None:
             f"{run_dir}: last.state.pt is at step {state['step']} but last.json at step {info.get('step')}; "
             "the run was killed while writing a checkpoint. Delete the run folder to start over."
         )
-    return torch.load(weights_path, map_location="cpu", weights_only=True), state
+    weights = torch.load(weights_path, map_location="cpu", weights_only=True)
+    # The .pth layout carries layer 0's unused value-residual weights; the model has no such parameters.
+    return {key: value for key, value in weights.items() if key not in UNUSED_LAYER0_KEYS}, state
