@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,16 @@ from miditok import REMI
 
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import list_array
+
+WINDOW_SCHEMA = pa.schema(
+    [
+        ("context_ids", pa.list_(pa.uint16())),  # N bars, the first restating the time signature and tempo
+        ("completion_ids", pa.list_(pa.uint16())),  # the M bars that follow
+        ("piece_id", pa.string()),
+        ("start_bar", pa.int32()),  # index in the piece of the context's first bar
+        ("transpose", pa.int8()),  # semitones, from the token shard
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -63,8 +74,7 @@ def tempo_at_bars(ids: np.ndarray, bar_offsets: np.ndarray, markers: TempoMarker
     tempo_indices = np.flatnonzero(markers.is_tempo[ids])
     # The last Tempo before each Bar token; for the first bar (nothing before it) sets_tempo holds.
     last_before = np.maximum(np.searchsorted(tempo_indices, bar_offsets) - 1, 0)
-    inherited = ids[tempo_indices[last_before]] if len(tempo_indices) else np.zeros(len(bar_offsets), ids.dtype)
-    tempo = np.where(sets_tempo, padded[after_header + 1], inherited).astype(np.uint16)
+    tempo = np.where(sets_tempo, padded[after_header + 1], ids[tempo_indices[last_before]]).astype(np.uint16)
     return tempo, starts_at_0.astype(np.int64) + sets_tempo
 
 
@@ -94,6 +104,50 @@ def save_dataset_atomic(dataset: datasets.Dataset, out_dir: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def shard_windows(
+    shard_path: str | Path, markers: TempoMarkers, context_bars: int, completion_bars: int, step: int, max_tokens: int
+) -> tuple[pa.Table, Counter]:
+    """The windows of one token shard as an Arrow table (WINDOW_SCHEMA), and their counts for build_windows' stats."""
+    window_bars = context_bars + completion_bars
+    contexts, completions, piece_ids, start_bars, transposes = [], [], [], [], []
+    counts = Counter()
+    for piece_id, transpose, ids, bar_offsets in shard_rows(shard_path):
+        counts["pieces"] += 1
+        n_bars = len(bar_offsets)
+        if n_bars < window_bars:
+            counts["pieces_too_short"] += 1
+            continue
+        first_bars = np.arange(0, n_bars - window_bars + 1, step)
+        bounds = np.append(bar_offsets, len(ids)).astype(np.int64)
+        tempo, stated = tempo_at_bars(ids, bar_offsets, markers)
+        # Context: Bar, TimeSig, Position_0, Tempo, then the first bar's tokens after what they restate.
+        body_starts = bounds[first_bars] + 2 + stated[first_bars]
+        splits, ends = bounds[first_bars + context_bars], bounds[first_bars + window_bars]
+        lengths = 4 + (splits - body_starts) + (ends - splits)
+        fits = lengths <= max_tokens
+        counts["windows_over_cap"] += int((~fits).sum())
+        counts["tokens"] += int(lengths[fits].sum())
+        for s, body_start, split, end in zip(first_bars[fits], body_starts[fits], splits[fits], ends[fits], strict=True):
+            bar = bounds[s]
+            header = np.array([ids[bar], ids[bar + 1], markers.position_0, tempo[s]], dtype=np.uint16)
+            contexts.append(np.concatenate([header, ids[body_start:split]]))
+            completions.append(ids[split:end])
+        piece_ids += [piece_id] * int(fits.sum())
+        start_bars.append(first_bars[fits])
+        transposes += [transpose] * int(fits.sum())
+    table = pa.Table.from_pydict(
+        {
+            "context_ids": list_array(contexts, pa.uint16()),
+            "completion_ids": list_array(completions, pa.uint16()),
+            "piece_id": piece_ids,
+            "start_bar": np.concatenate(start_bars or [[]]).astype(np.int32),
+            "transpose": transposes,
+        },
+        schema=WINDOW_SCHEMA,
+    )
+    return table, counts
+
+
 def build_windows(
     tokenizer_path: str | Path,
     shard_paths: list,
@@ -105,59 +159,26 @@ def build_windows(
 ) -> dict:
     """Cut every row of the token shards into bar windows and save them with `save_to_disk(out_dir)`.
 
-    Columns: context_ids, completion_ids (list<uint16>), piece_id, start_bar (int32), transpose (int8); rows in
-    shard, row and start-bar order. Rows with fewer than N+M bars are skipped and counted (pieces_too_short);
-    windows of more than `max_tokens` tokens (context + completion) are dropped and counted (windows_over_cap),
-    never truncated. `pieces` counts the rows read: a transposed copy of a piece counts as one more.
+    Columns (WINDOW_SCHEMA): context_ids, completion_ids, piece_id, start_bar, transpose; rows in shard, row and
+    start-bar order. Rows with fewer than N+M bars are skipped and counted (pieces_too_short); windows of more than
+    `max_tokens` tokens (context + completion) are dropped and counted (windows_over_cap), never truncated.
+    `pieces` counts the rows read: a transposed copy of a piece counts as one more.
     """
     for name, value in [("context_bars", context_bars), ("completion_bars", completion_bars), ("step", step)]:
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     start = time.perf_counter()
-    tokenizer = load_tokenizer(tokenizer_path)
-    markers = TempoMarkers.of(tokenizer)
-    window_bars = context_bars + completion_bars
-
-    contexts, completions, piece_ids, start_bars, transposes = [], [], [], [], []
-    stats = {"windows": 0, "pieces": 0, "pieces_too_short": 0, "windows_over_cap": 0, "tokens": 0}
+    markers = TempoMarkers.of(load_tokenizer(tokenizer_path))
+    # One table per shard: the per-window arrays of a shard are freed once it is packed into Arrow columns.
+    tables, counts = [], Counter()
     for shard_path in shard_paths:
-        for piece_id, transpose, ids, bar_offsets in shard_rows(shard_path):
-            stats["pieces"] += 1
-            n_bars = len(bar_offsets)
-            if n_bars < window_bars:
-                stats["pieces_too_short"] += 1
-                continue
-            first_bars = np.arange(0, n_bars - window_bars + 1, step)
-            bounds = np.append(bar_offsets, len(ids)).astype(np.int64)
-            tempo, stated = tempo_at_bars(ids, bar_offsets, markers)
-            # Context: Bar, TimeSig, Position_0, Tempo, then the first bar's tokens after what they restate.
-            body_starts = bounds[first_bars] + 2 + stated[first_bars]
-            splits, ends = bounds[first_bars + context_bars], bounds[first_bars + window_bars]
-            lengths = 4 + (splits - body_starts) + (ends - splits)
-            fits = lengths <= max_tokens
-            stats["windows_over_cap"] += int((~fits).sum())
-            for s, body_start, split, end in zip(
-                first_bars[fits], body_starts[fits], splits[fits], ends[fits], strict=True
-            ):
-                bar = bounds[s]
-                header = np.array([ids[bar], ids[bar + 1], markers.position_0, tempo[s]], dtype=np.uint16)
-                contexts.append(np.concatenate([header, ids[body_start:split]]))
-                completions.append(ids[split:end])
-            piece_ids += [piece_id] * int(fits.sum())
-            start_bars.append(first_bars[fits])
-            transposes += [transpose] * int(fits.sum())
-            stats["tokens"] += int(lengths[fits].sum())
-
-    table = pa.table(
-        {
-            "context_ids": list_array(contexts, pa.uint16()),
-            "completion_ids": list_array(completions, pa.uint16()),
-            "piece_id": pa.array(piece_ids, pa.string()),
-            "start_bar": pa.array(np.concatenate(start_bars or [[]]).astype(np.int32)),
-            "transpose": pa.array(transposes, pa.int8()),
-        }
-    )
-    save_dataset_atomic(datasets.Dataset(table), out_dir)
-    stats["windows"] = len(table)
-    stats["seconds"] = round(time.perf_counter() - start, 3)
-    return stats
+        table, shard_counts = shard_windows(shard_path, markers, context_bars, completion_bars, step, max_tokens)
+        tables.append(table)
+        counts.update(shard_counts)
+    windows = pa.concat_tables(tables) if tables else WINDOW_SCHEMA.empty_table()
+    save_dataset_atomic(datasets.Dataset(windows), out_dir)
+    return {
+        "windows": len(windows),
+        **{key: counts[key] for key in ["pieces", "pieces_too_short", "windows_over_cap", "tokens"]},
+        "seconds": round(time.perf_counter() - start, 3),
+    }
