@@ -92,7 +92,9 @@ def test_augment_shard_writes_the_transpositions_that_fit(tokenizer, tokenizer_p
     assert augmented.schema == TOKEN_SHARD_SCHEMA
     rows = augmented.to_pandas()
     assert list(zip(rows["piece_id"], rows["transpose"])) == [
-        ("2004/high", -2), ("2004/high", 1), ("2004/low", 1), ("2004/low", 3), ("2004/mid", -2), ("2004/mid", 1), ("2004/mid", 3),
+        ("2004/high", -2), ("2004/high", 1),
+        ("2004/low", 1), ("2004/low", 3),
+        ("2004/mid", -2), ("2004/mid", 1), ("2004/mid", 3),
     ]
     table = pitch_shift_table(tokenizer)
     for row in rows.itertuples():
@@ -107,11 +109,14 @@ def test_augment_shard_writes_the_transpositions_that_fit(tokenizer, tokenizer_p
 
 def test_augment_shard_refuses_offset_zero_and_transposed_input(tokenizer, tokenizer_path, tmp_path):
     scores = {"2004/a": make_piano_score(bars=1, notes_per_bar=2)}
+    originals = write_token_shard(tokenizer, scores, tmp_path / "originals.parquet")
+    transposed = write_token_shard(tokenizer, scores, tmp_path / "transposed.parquet", transpose=2)
+    out = tmp_path / "out.parquet"
     with pytest.raises(ValueError, match="non-zero"):
-        augment_shard(tokenizer_path, write_token_shard(tokenizer, scores, tmp_path / "a.parquet"), [0, 1], tmp_path / "out.parquet")
+        augment_shard(tokenizer_path, originals, [0, 1], out)
     with pytest.raises(ValueError, match="original"):
-        augment_shard(tokenizer_path, write_token_shard(tokenizer, scores, tmp_path / "b.parquet", transpose=2), [1], tmp_path / "out.parquet")
-    assert not (tmp_path / "out.parquet").exists()
+        augment_shard(tokenizer_path, transposed, [1], out)
+    assert not out.exists()
 
 
 @pytest.mark.maestro
