@@ -1,0 +1,247 @@
+"""Build, load and check the compiled WKV-7 kernels (JIT through torch.utils.cpp_extension and ninja).
+
+`load_kernel` builds on first use into `$PIANOMUSE_KERNEL_DIR` (default `~/.cache/pianomuse/kernels/<torch>`);
+the Snakemake `kernels` rule calls `build_kernels(build_dir)` and `write_record(record, path)` to build every kernel
+this machine can run, check it against the pure-PyTorch twin and keep a JSON record. On Windows the MSVC
+environment is located with vswhere and imported from vcvars64.bat before building.
+"""
+
+from __future__ import annotations
+
+import json
+import ntpath
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+from typing import Callable, Mapping, MutableMapping
+
+import torch
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc"
+SOURCES = {"cpu": [CSRC / "wkv7_cpu.cpp"], "cuda": [CSRC / "wkv7_cuda.cu", CSRC / "wkv7_cuda_binding.cpp"]}
+EXTENSION_NAMES = {"cpu": "pianomuse_wkv7_cpu", "cuda": "pianomuse_wkv7_cuda"}
+NVCC_FLAGS = ["-O3", "-lineinfo"]
+
+MSVC_HELP = (
+    "MSVC was not found. Install Visual Studio 2022 Build Tools with the 'Desktop development with C++' workload "
+    "from https://visualstudio.microsoft.com/visual-cpp-build-tools/ (or run from an 'x64 Native Tools Command "
+    "Prompt' so that cl.exe is on PATH)."
+)
+VC_TOOLS_COMPONENT = "Microsoft.VisualStudio.Component.VC.Tools.x86.x64"
+
+_loaded: dict[tuple[str, str], object] = {}
+
+
+class KernelBuildError(RuntimeError):
+    """A compiled kernel cannot be built here; the message says what to install."""
+
+
+def cpu_compiler_flags(windows: bool = sys.platform == "win32") -> tuple[list[str], list[str]]:
+    """(cflags, ldflags) for the CPU kernel: optimised, with OpenMP so that at::parallel_for runs threads."""
+    if windows:
+        return ["/O2", "/openmp"], []
+    if sys.platform == "darwin":  # macOS torch uses its native thread pool, no OpenMP needed
+        return ["-O3"], []
+    return ["-O3", "-fopenmp"], ["-fopenmp"]
+
+
+# --- Windows: locating MSVC ---------------------------------------------------------------------------------
+
+
+def find_vswhere(environ: Mapping[str, str], exists: Callable[[str], bool]) -> str | None:
+    """Path of vswhere.exe under %ProgramFiles(x86)%, or None."""
+    program_files = environ.get("ProgramFiles(x86)", r"C:\Program Files (x86)")
+    path = ntpath.join(program_files, "Microsoft Visual Studio", "Installer", "vswhere.exe")
+    return path if exists(path) else None
+
+
+def find_vcvars64(run: Callable, exists: Callable[[str], bool], environ: Mapping[str, str]) -> str:
+    """Path of vcvars64.bat of the newest Visual Studio with the x64 C++ tools; raises KernelBuildError if none."""
+    vswhere = find_vswhere(environ, exists)
+    if vswhere is None:
+        raise KernelBuildError(MSVC_HELP)
+    result = run(
+        [vswhere, "-latest", "-products", "*", "-requires", VC_TOOLS_COMPONENT, "-property", "installationPath"],
+        capture_output=True,
+        text=True,
+    )
+    installs = [line.strip() for line in (result.stdout or "").splitlines() if line.strip()]
+    if result.returncode != 0 or not installs:
+        raise KernelBuildError(MSVC_HELP)
+    vcvars = ntpath.join(installs[0], "VC", "Auxiliary", "Build", "vcvars64.bat")
+    if not exists(vcvars):
+        raise KernelBuildError(f"{MSVC_HELP} (vswhere found {installs[0]}, but it has no {vcvars})")
+    return vcvars
+
+
+def parse_set_output(text: str) -> dict[str, str]:
+    """The environment printed by cmd's `set`: NAME=value lines (other lines, e.g. vcvars' banner, are skipped)."""
+    environment = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition("=")
+        if sep and name and not name.startswith(("*", " ")):
+            environment[name] = value
+    return environment
+
+
+def msvc_environment(run: Callable, exists: Callable[[str], bool], environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment after running vcvars64.bat (`cmd /c "vcvars64.bat && set"`)."""
+    vcvars = find_vcvars64(run, exists, environ)
+    result = run(f'cmd /c ""{vcvars}" && set"', capture_output=True, text=True, shell=True)
+    environment = parse_set_output(result.stdout or "")
+    if result.returncode != 0 or not any(name.upper() == "PATH" for name in environment):
+        raise KernelBuildError(f"running {vcvars} failed: {(result.stderr or result.stdout or '').strip()[:500]}")
+    return environment
+
+
+def ensure_msvc(
+    run: Callable = subprocess.run,
+    exists: Callable[[str], bool] = os.path.exists,
+    environ: MutableMapping[str, str] = os.environ,
+    which: Callable[..., str | None] = shutil.which,
+) -> None:
+    """Makes cl.exe usable: if it is not on PATH already, imports the vcvars64.bat environment into `environ`."""
+    if which("cl", path=environ.get("PATH", "")):
+        return
+    environ.update(msvc_environment(run, exists, environ))
+
+
+def check_cuda_toolkit(cuda_home: str | None, which: Callable[..., str | None] = shutil.which) -> str:
+    """Path of nvcc for building the CUDA kernel; raises KernelBuildError saying which toolkit to install."""
+    nvcc_name = "nvcc.exe" if sys.platform == "win32" else "nvcc"
+    nvcc = os.path.join(cuda_home, "bin", nvcc_name) if cuda_home else which("nvcc")
+    if not nvcc or not os.path.exists(nvcc):
+        raise KernelBuildError(
+            f"the CUDA kernel needs nvcc, but no CUDA toolkit was found (CUDA_HOME={cuda_home!r}). Install the CUDA "
+            f"Toolkit {torch.version.cuda} (the version this torch was built with, torch.version.cuda) from "
+            "https://developer.nvidia.com/cuda-toolkit-archive and set CUDA_HOME to it."
+        )
+    return nvcc
+
+
+# --- building and loading -----------------------------------------------------------------------------------
+
+
+def default_build_dir() -> Path:
+    """$PIANOMUSE_KERNEL_DIR, else ~/.cache/pianomuse/kernels/torch-<version> (extensions are torch-ABI specific)."""
+    if os.environ.get("PIANOMUSE_KERNEL_DIR"):
+        return Path(os.environ["PIANOMUSE_KERNEL_DIR"])
+    return Path.home() / ".cache" / "pianomuse" / "kernels" / f"torch-{torch.__version__}"
+
+
+def _compile(device_type: str, build_dir: Path, verbose: bool):
+    from torch.utils import cpp_extension
+
+    if device_type not in SOURCES:
+        raise ValueError(f"no WKV-7 kernel for device type {device_type!r}")
+    if sys.platform == "win32":
+        ensure_msvc()
+    extra = {}
+    if device_type == "cuda":
+        check_cuda_toolkit(cpp_extension.CUDA_HOME)
+        extra["extra_cuda_cflags"] = NVCC_FLAGS
+    cflags, ldflags = cpu_compiler_flags()
+    # Each extension gets its own directory: cpp_extension writes one build.ninja per build directory.
+    directory = Path(build_dir) / device_type
+    directory.mkdir(parents=True, exist_ok=True)
+    return cpp_extension.load(
+        name=EXTENSION_NAMES[device_type],
+        sources=[str(source) for source in SOURCES[device_type]],
+        extra_cflags=cflags,
+        extra_ldflags=ldflags,
+        build_directory=str(directory),
+        with_cuda=device_type == "cuda",
+        verbose=verbose,
+        **extra,
+    )
+
+
+def load_kernel(device_type: str, build_dir: str | os.PathLike | None = None, verbose: bool = False):
+    """The compiled kernel module for "cpu" or "cuda", built (or reused) on first call and cached per process."""
+    directory = Path(build_dir) if build_dir is not None else default_build_dir()
+    key = (device_type, str(directory.resolve()))
+    if key not in _loaded:
+        _loaded[key] = _compile(device_type, directory, verbose)
+    return _loaded[key]
+
+
+def cuda_compile_command(output: str | os.PathLike, arch: str = "sm_80", nvcc: str = "nvcc") -> list[str]:
+    """An nvcc command compiling csrc/wkv7_cuda.cu to an object file only, with the flags cpp_extension uses.
+
+    It needs no GPU and no CUDA-enabled torch, so it checks that the CUDA source compiles on any machine with nvcc.
+    """
+    from torch.utils import cpp_extension
+
+    includes = cpp_extension.include_paths("cuda") + [sysconfig.get_path("include")]
+    return [
+        nvcc, "-c", str(SOURCES["cuda"][0]), "-o", str(output), f"-arch={arch}", "-std=c++20",
+        "--compiler-options", "-fPIC", f"-DTORCH_EXTENSION_NAME={EXTENSION_NAMES['cuda']}",
+        *cpp_extension.COMMON_NVCC_FLAGS, *NVCC_FLAGS, *[f"-I{path}" for path in includes],
+    ]  # fmt: skip
+
+
+# --- the checked build record -------------------------------------------------------------------------------
+
+
+def _compiler_version(device_type: str) -> str:
+    if device_type == "cuda":
+        from torch.utils import cpp_extension
+
+        command = [check_cuda_toolkit(cpp_extension.CUDA_HOME), "--version"]
+    elif sys.platform == "win32":
+        command = ["cl"]
+    else:
+        command = [os.environ.get("CXX", "c++"), "--version"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as error:
+        return f"{command[0]} (version unknown: {error})"
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    if device_type == "cuda":
+        return f"{command[0]}: {lines[-2] if len(lines) > 1 else ''}".strip()
+    return f"{command[0]}: {lines[0] if lines else ''}"
+
+
+def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
+    """Builds the CPU kernel (and the CUDA one where a GPU is visible), checks each against the twin, returns a
+    record: what was built, where, with which compiler, and the maximum errors of the checks."""
+    from pianomuse.kernels.checks import check_kernel
+
+    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    kernels = []
+    for device_type in device_types:
+        module = load_kernel(device_type, build_dir, verbose=verbose)
+        checks = [check_kernel(module, device_type, torch.float32)]
+        if device_type == "cuda":
+            checks.append(check_kernel(module, device_type, torch.bfloat16))
+        kernels.append(
+            {
+                "name": EXTENSION_NAMES[device_type],
+                "device": device_type if device_type == "cpu" else torch.cuda.get_device_name(),
+                "path": str(Path(module.__file__).resolve()),
+                "sources": [str(source) for source in SOURCES[device_type]],
+                "compiler": _compiler_version(device_type),
+                "checks": checks,
+                "passed": all(check["passed"] for check in checks),
+            }
+        )
+    return {
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "build_dir": str(Path(build_dir).resolve()),
+        "kernels": kernels,
+        "passed": all(kernel["passed"] for kernel in kernels),
+    }
+
+
+def write_record(record: dict, path: str | os.PathLike) -> None:
+    """Writes a build record as indented JSON, creating the parent directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,73 @@
+"""Numerical checks of a compiled WKV-7 kernel against the pure-PyTorch twin (used by the build record and tests)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pianomuse.kernels.wkv7 import wkv7_compiled, wkv7_reference
+
+INPUT_NAMES = ("r", "w", "k", "v", "a", "b", "state")
+# Maximum error relative to the largest reference magnitude of each compared tensor.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
+
+
+def random_wkv7_inputs(batch, steps, heads, size, *, device="cpu", dtype=torch.float32, seed=0, with_state=True):
+    """RWKV-7-like inputs that keep the state bounded: decay exp(w) in (0, 1), a = -kk and b = kk * iclr with kk
+    L2-normalised per head and iclr in (0, 1). Returns a dict of r, w, k, v, a, b (dtype) and state (fp32 or None)."""
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, steps, heads, size)
+
+    def randn(*dims):
+        return torch.randn(*dims, generator=generator)
+
+    kk = F.normalize(randn(*shape), dim=-1)
+    iclr = torch.rand(*shape, generator=generator)
+    inputs = {
+        "r": randn(*shape),
+        "w": -torch.exp(randn(*shape)).clamp(0.01, 5.0),
+        "k": randn(*shape) * size**-0.5,
+        "v": randn(*shape),
+        "a": -kk,
+        "b": kk * iclr,
+    }
+    inputs = {name: x.to(device=device, dtype=dtype) for name, x in inputs.items()}
+    inputs["state"] = randn(batch, heads, size, size).to(device) * 0.1 if with_state else None
+    return inputs
+
+
+def outputs_and_grads(fn, inputs: dict, seed: int = 1) -> dict:
+    """y, the final state and the gradients of every input of `fn` for a fixed random linear loss, as fp32."""
+    leaves = {name: x.detach().clone().requires_grad_(True) for name, x in inputs.items() if x is not None}
+    y, state = fn(**{name: leaves.get(name) for name in INPUT_NAMES})
+    generator = torch.Generator().manual_seed(seed)
+    grad_y = torch.randn(y.shape, generator=generator).to(y.device)
+    grad_state = torch.randn(state.shape, generator=generator).to(state.device)
+    ((y.float() * grad_y).sum() + (state * grad_state).sum()).backward()
+    results = {"y": y.detach().float(), "state_out": state.detach()}
+    results.update({f"d{name}": leaf.grad.float() for name, leaf in leaves.items()})
+    return results
+
+
+def relative_errors(results: dict, reference: dict) -> dict[str, float]:
+    """Max |result - reference| of each tensor over the max |reference| (at least 1e-6)."""
+    return {
+        name: ((results[name] - ref).abs().max() / ref.abs().max().clamp_min(1e-6)).item()
+        for name, ref in reference.items()
+    }
+
+
+def check_kernel(kernel, device_type: str, dtype: torch.dtype, shape=(2, 40, 3, 64), seed: int = 0) -> dict:
+    """Compares a kernel module (forward, final state, all gradients) with the twin on one random problem."""
+    inputs = random_wkv7_inputs(*shape, device=device_type, dtype=dtype, seed=seed)
+    reference = outputs_and_grads(wkv7_reference, inputs)
+    results = outputs_and_grads(lambda **kw: wkv7_compiled(kernel, **kw), inputs)
+    errors = relative_errors(results, reference)
+    tolerance = TOLERANCE[dtype]
+    return {
+        "dtype": str(dtype).removeprefix("torch."),
+        "shape_BTHN": list(shape),
+        "max_relative_error": errors,
+        "tolerance": tolerance,
+        "passed": all(error <= tolerance for error in errors.values()),
+    }
