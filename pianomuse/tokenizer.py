@@ -20,9 +20,8 @@ def build_tokenizer(
     special_tokens: list[str],
 ) -> REMI:
     """A REMI tokenizer. `pitch_range` is inclusive (21-108 is the piano); `beat_res` rows are (start beat, end beat, positions per beat)."""
-    low, high = pitch_range
     config = TokenizerConfig(
-        pitch_range=(low, high + 1),  # miditok's upper bound is exclusive
+        pitch_range=tuple(pitch_range),
         beat_res={(start, end): res for start, end, res in beat_res},
         num_velocities=num_velocities,
         use_tempos=use_tempos,
