@@ -215,7 +215,7 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(C)
         self.att = TimeMix(config, layer_id)
         self.ffn = ChannelMix(config, layer_id)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout)  # on each branch's output; RWKV-LM's x070 has none (dropout 0)
 
     def forward(self, x, v_first, state: LayerState | None = None):
         if self.layer_id == 0:
@@ -229,6 +229,8 @@ class Block(nn.Module):
 
 
 class RWKV7(nn.Module):
+    """Embedding, L blocks (time-mix + channel-mix, pre-LayerNorm residuals), final LayerNorm and head."""
+
     def __init__(self, config: RWKV7Config):
         super().__init__()
         self.config = config
