@@ -169,19 +169,35 @@ def load_kernel(device_type: str, build_dir: str | os.PathLike | None = None, ve
     return _loaded[key]
 
 
-def cuda_compile_command(output: str | os.PathLike, arch: str = "sm_80", nvcc: str = "nvcc") -> list[str]:
-    """An nvcc command compiling csrc/wkv7_cuda.cu to an object file only, with the flags cpp_extension uses.
+def compile_cuda_object(output: str | os.PathLike, arch: str = "sm_80", nvcc: str = "nvcc") -> Path:
+    """Compiles csrc/wkv7_cuda.cu to an object file only, with the flags cpp_extension uses; returns its path.
 
-    It needs no GPU and no CUDA-enabled torch, so it checks that the CUDA source compiles on any machine with nvcc.
+    It needs no GPU and no CUDA-enabled torch, so it checks on any machine with nvcc that the CUDA source compiles.
+    Raises KernelBuildError with nvcc's messages if it does not.
     """
     from torch.utils import cpp_extension
 
-    includes = cpp_extension.include_paths("cuda") + [sysconfig.get_path("include")]
-    return [
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # nvcc finds its own CUDA headers; a CPU-only torch has no CUDA_HOME to ask include_paths("cuda") about.
+    includes = cpp_extension.include_paths("cpu") + [sysconfig.get_path("include")]
+    # CPU-only torch wheels ship c10/cuda but not its build-generated macros header; its CUDA-build content is
+    # this one define (c10/cuda is a shared library there).
+    generated = "c10/cuda/impl/cuda_cmake_macros.h"
+    if not any((Path(path) / generated).exists() for path in includes):
+        stub_dir = output.parent / "torch_generated_include"
+        (stub_dir / generated).parent.mkdir(parents=True, exist_ok=True)
+        (stub_dir / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
+        includes.append(str(stub_dir))
+    command = [
         nvcc, "-c", str(SOURCES["cuda"][0]), "-o", str(output), f"-arch={arch}", "-std=c++20",
         "--compiler-options", "-fPIC", f"-DTORCH_EXTENSION_NAME={EXTENSION_NAMES['cuda']}",
         *cpp_extension.COMMON_NVCC_FLAGS, *NVCC_FLAGS, *[f"-I{path}" for path in includes],
     ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise KernelBuildError(f"nvcc failed ({result.returncode}): {result.stderr.strip()[-4000:]}")
+    return output
 
 
 # --- the checked build record -------------------------------------------------------------------------------
