@@ -1,0 +1,125 @@
+"""Kernel build logic: locating MSVC on Windows (with a fake filesystem and subprocess), the CUDA toolkit hint,
+the checked build record, and a compile-only nvcc build of the CUDA source."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from pianomuse.kernels import build
+
+PROGRAM_FILES = r"C:\Program Files (x86)"
+VSWHERE = PROGRAM_FILES + r"\Microsoft Visual Studio\Installer\vswhere.exe"
+INSTALL = r"C:\Program Files (x86)\Microsoft Visual Studio\2022\BuildTools"
+VCVARS = INSTALL + r"\VC\Auxiliary\Build\vcvars64.bat"
+MSVC_BIN = INSTALL + r"\VC\Tools\MSVC\14.40.33807\bin\Hostx64\x64"
+VCVARS_OUTPUT = (
+    "**********************************************************************\n"
+    "** Visual Studio 2022 Developer Command Prompt v17.10.0\n"
+    "**********************************************************************\n"
+    "[vcvarsall.bat] Environment initialized for: 'x64'\n"
+    f"Path={MSVC_BIN};C:\\Windows\\system32\n"
+    "INCLUDE=C:\\msvc\\include\n"
+    "LIB=C:\\msvc\\lib\n"
+)
+
+
+class FakeRun:
+    """Stands in for subprocess.run: answers vswhere and `cmd /c vcvars64.bat && set`, recording every call."""
+
+    def __init__(self, installs=(INSTALL,), vcvars_output=VCVARS_OUTPUT):
+        self.installs, self.vcvars_output, self.calls = installs, vcvars_output, []
+
+    def __call__(self, command, **kwargs):
+        self.calls.append(command)
+        if isinstance(command, list) and command[0] == VSWHERE:
+            return subprocess.CompletedProcess(command, 0, "\n".join(self.installs) + "\n", "")
+        if isinstance(command, str) and "vcvars64.bat" in command and command.endswith('&& set"'):
+            return subprocess.CompletedProcess(command, 0, self.vcvars_output, "")
+        raise AssertionError(f"unexpected command {command!r}")
+
+
+def windows_environ():
+    return {"ProgramFiles(x86)": PROGRAM_FILES, "PATH": r"C:\Windows\system32"}
+
+
+def no_cl(name, path=None):
+    return None
+
+
+def test_vswhere_is_queried_for_the_x64_tools_and_vcvars64_found():
+    run = FakeRun()
+    assert build.find_vcvars64(run, {VSWHERE, VCVARS}.__contains__, windows_environ()) == VCVARS
+    command = run.calls[0]
+    assert command[command.index("-requires") + 1] == "Microsoft.VisualStudio.Component.VC.Tools.x86.x64"
+    assert command[1:] == [
+        "-latest", "-products", "*", "-requires", "Microsoft.VisualStudio.Component.VC.Tools.x86.x64",
+        "-property", "installationPath",
+    ]  # fmt: skip
+
+
+def test_ensure_msvc_imports_the_vcvars64_environment():
+    environ, run = windows_environ(), FakeRun()
+    build.ensure_msvc(run=run, exists={VSWHERE, VCVARS}.__contains__, environ=environ, which=no_cl)
+    assert environ["Path"].startswith(MSVC_BIN) and environ["INCLUDE"] == r"C:\msvc\include"
+    assert run.calls[1] == f'cmd /c ""{VCVARS}" && set"'
+    assert not any(name.startswith("*") or name.startswith("[") for name in environ)
+
+
+def test_ensure_msvc_does_nothing_when_cl_is_on_path():
+    environ, run = windows_environ(), FakeRun()
+    build.ensure_msvc(run=run, exists=lambda path: True, environ=environ, which=lambda name, path=None: "cl.exe")
+    assert run.calls == [] and environ == windows_environ()
+
+
+@pytest.mark.parametrize(
+    "existing, installs",
+    [(set(), (INSTALL,)), ({VSWHERE}, ()), ({VSWHERE}, (INSTALL,))],
+    ids=["no-vswhere", "no-vc-tools-install", "no-vcvars64"],
+)
+def test_missing_msvc_says_what_to_install(existing, installs):
+    with pytest.raises(build.KernelBuildError) as error:
+        build.ensure_msvc(run=FakeRun(installs), exists=existing.__contains__, environ=windows_environ(), which=no_cl)
+    message = str(error.value)
+    assert "Visual Studio 2022 Build Tools" in message and "'Desktop development with C++' workload" in message
+    assert "https://visualstudio.microsoft.com/visual-cpp-build-tools/" in message
+
+
+def test_failing_vcvars64_is_reported():
+    run = FakeRun(vcvars_output="The system cannot find the path specified.\n")
+    with pytest.raises(build.KernelBuildError, match="vcvars64.bat failed"):
+        build.msvc_environment(run, {VSWHERE, VCVARS}.__contains__, windows_environ())
+
+
+def test_missing_cuda_toolkit_names_the_version_to_install(monkeypatch):
+    monkeypatch.setattr(build.torch.version, "cuda", "12.8")
+    with pytest.raises(build.KernelBuildError, match=r"Install the CUDA Toolkit 12\.8"):
+        build.check_cuda_toolkit(None, which=lambda name: None)
+
+
+def test_default_build_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PIANOMUSE_KERNEL_DIR", str(tmp_path))
+    assert build.default_build_dir() == tmp_path
+    monkeypatch.delenv("PIANOMUSE_KERNEL_DIR")
+    assert build.default_build_dir().parts[-3:-1] == ("pianomuse", "kernels")
+
+
+def test_build_kernels_writes_a_checked_record(tmp_path):
+    # The default directory is the one `wkv7` builds into, so a built kernel is reused rather than compiled again.
+    record = build.build_kernels(build.default_build_dir())
+    build.write_record(record, tmp_path / "kernels" / "kernels.json")
+    saved = json.loads((tmp_path / "kernels" / "kernels.json").read_text())
+    assert saved["passed"] and saved["torch"] == build.torch.__version__
+    cpu = saved["kernels"][0]
+    assert cpu["name"] == "pianomuse_wkv7_cpu" and cpu["path"].endswith((".so", ".pyd")) and cpu["compiler"]
+    assert set(cpu["checks"][0]["max_relative_error"]) == {"y", "state_out", "dr", "dw", "dk", "dv", "da", "db", "dstate"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
+def test_cuda_source_compiles_with_nvcc(tmp_path):
+    obj = build.compile_cuda_object(tmp_path / "wkv7_cuda.o", arch="sm_80")
+    assert obj.stat().st_size > 0
