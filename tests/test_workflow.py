@@ -211,3 +211,12 @@ def test_workflow_on_real_maestro(tmp_path, maestro_dir):
         checked = windows.iloc[:: max(1, len(windows) // 200)]
         for context, completion in zip(checked["context_ids"], checked["completion_ids"]):
             assert tokenizer.tokens_errors(TokSequence(ids=[*context, *completion])) == 0
+
+
+@pytest.mark.slow
+def test_readme_inspection_snippet_runs_as_written(workflow_run):
+    readme = (REPO / "README.md").read_text()
+    snippet = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    result = subprocess.run([sys.executable, "-c", snippet], cwd=workflow_run, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "Score(" in result.stdout
