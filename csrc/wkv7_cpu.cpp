@@ -192,7 +192,6 @@ std::vector<at::Tensor> backward(at::Tensor r, at::Tensor w, at::Tensor k, at::T
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "WKV-7 recurrence, CPU kernel";
-  m.attr("checkpoint_every") = kChunk;
   m.def("forward", &forward, "WKV-7 forward: (r, w, k, v, a, b, state0) -> (y, state, checkpoints)");
   m.def("backward", &backward,
         "WKV-7 backward: (r, w, k, v, a, b, checkpoints, grad_y, grad_state) -> (dr, dw, dk, dv, da, db, dstate0)");

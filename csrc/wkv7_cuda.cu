@@ -189,6 +189,7 @@ __global__ void backward_kernel(Layout layout, const scalar_t* __restrict__ r, c
     }
     __syncthreads();  // the next chunk's recompute overwrites the workspace this chunk read
   }
+  __syncthreads();  // with T = 0 no step ran, and the rows written above are read here as columns
   for (int i = 0; i < N; ++i) grad_state0[(int64_t(bh) * N + i) * N + tid] = adjoint[i][tid];
 }
 

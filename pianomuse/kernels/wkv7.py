@@ -99,7 +99,7 @@ def _warn_fallback_once(device_type: str, error: Exception) -> None:
             f"pianomuse: the compiled WKV-7 {device_type} kernel could not be built or loaded "
             f"({type(error).__name__}: {error}); using the slow pure-PyTorch twin instead.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of wkv7 / wkv7_step
         )
 
 
