@@ -7,9 +7,12 @@ import copy
 import csv
 import json
 import math
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import datasets
@@ -289,9 +292,21 @@ def test_unknown_train_key_fails_schema_validation(tmp_path):
     assert "Additional properties are not allowed ('learning_rate' was unexpected)" in result.stdout + result.stderr
 
 
+def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, timeout_s: float = 600) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (run_dir / "last.json").exists() and json.loads((run_dir / "last.json").read_text())["step"] >= step:
+            return
+        if process.poll() is not None:
+            pytest.fail(f"snakemake ended (rc {process.returncode}) before training reached step {step}")
+        time.sleep(0.5)
+    pytest.fail(f"no checkpoint at step {step} within {timeout_s} s")
+
+
 @pytest.mark.slow
 @pytest.mark.maestro
-def test_tiny_training_run_through_snakemake_on_real_maestro(tmp_path, maestro_dir):
+def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, maestro_dir):
+    """A tiny run on 2 pieces per split; Snakemake and the training are killed with -9 mid-run and rerun."""
     workdir = copy_workflow(tmp_path)
     overrides = {
         "maestro_dir": str(maestro_dir),
@@ -301,27 +316,34 @@ def test_tiny_training_run_through_snakemake_on_real_maestro(tmp_path, maestro_d
         "windows": {"context_bars": 2, "completion_bars": 1, "step": 4, "max_tokens": 512},
         "model": TINY_MODEL,
         "train": {
-            "run": "tiny", "device": "cpu", "max_steps": 30, "batch_tokens": 4096, "lr": 3e-3, "min_lr": 3e-4,
-            "warmup_steps": 3, "eval_every": 10, "eval_windows": 16, "log_every": 5, "checkpoint_every": 10,
+            "run": "tiny", "device": "cpu", "max_steps": 20, "batch_tokens": 4096, "lr": 3e-3, "min_lr": 3e-4,
+            "warmup_steps": 3, "eval_every": 10, "eval_windows": 16, "log_every": 5, "checkpoint_every": 5,
             "num_workers": 1,
         },
     }
     (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    snakemake(workdir, "train", "--configfile", "overrides.yaml")
+    command = [sys.executable, "-m", "snakemake", "--cores", "2", "train", "--configfile", "overrides.yaml"]
     run_dir = workdir / "results/checkpoints/tiny"
+    first = subprocess.Popen(
+        command, cwd=workdir, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_checkpoint(run_dir, 5, first)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # Snakemake and its training job: their own process group
+        first.wait()
+    assert not (run_dir / "done.json").exists()
+
+    snakemake(workdir, "--unlock")
+    snakemake(workdir, "train", "--configfile", "overrides.yaml")
+    assert "resuming" in (workdir / "results/logs/train/tiny.log").read_text()
     for name in ["done.json", "last.pth", "last.json", "last.state.pt", "best.pth", "best.json", "config.yaml",
                  "metrics.csv", "loss.png"]:
         assert (run_dir / name).exists(), name
     rows = read_metrics(run_dir / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]
     losses = [float(r["train_loss"]) for r in rows]
     assert losses[-1] < losses[0] - 0.5
     done = json.loads((run_dir / "done.json").read_text())
     assert done["val_nll"] < done["unigram_nll"]
     assert json.loads((run_dir / "best.json").read_text())["tokenizer_hash"]
-
-    # A longer schedule continues from last.pth rather than starting over.
-    overrides["train"]["max_steps"] = 35
-    (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    snakemake(workdir, "train", "--configfile", "overrides.yaml")
-    assert "resuming" in (workdir / "results/logs/train/tiny.log").read_text()
-    assert int(read_metrics(run_dir / "metrics.csv")[-1]["step"]) == 35
