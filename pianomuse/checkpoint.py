@@ -2,7 +2,7 @@
 
     last.pth / best.pth         model state dict only (RWKV-LM .pth layout): portable, loadable by the `rwkv` package
     last.json / best.json       model config, tokenizer hash, step and metrics of the weights beside them
-    last.state.pt               what resuming needs besides the weights: optimiser, scheduler, RNG, data position
+    last.state.pt               what resuming needs: weights, optimiser, scheduler, RNG, data position
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pianomuse.model import UNUSED_LAYER0_KEYS, save_rwkv_pth
+from pianomuse.model import save_rwkv_pth
 
 
 def atomic_write(path: Path, write) -> None:
@@ -64,26 +64,18 @@ def restore_rng_states(states: dict) -> None:
 
 
 def save_resume_point(model, info: dict, training_state: dict, run_dir: Path) -> None:
-    """The last checkpoint: the state file first, the weights and their JSON after it.
-
-    Both carry the step; `load_resume_point` refuses a pair whose steps differ (a kill between the renames).
+    """The last checkpoint: `last.state.pt` holds everything resuming needs, the weights included, in one file
+    renamed into place at once, so a kill at any moment leaves a consistent resume point. `last.pth`/`last.json`,
+    the portable copy, follow it.
     """
-    save_torch({**training_state, "rng": rng_states()}, run_dir / "last.state.pt")
+    save_torch({**training_state, "model": model.state_dict(), "rng": rng_states()}, run_dir / "last.state.pt")
     save_weights(model, info, run_dir, "last")
 
 
 def load_resume_point(run_dir: Path) -> tuple[dict, dict] | None:
     """(weights, training state) of the last checkpoint, or None when the run has none yet."""
-    state_path, weights_path, info_path = run_dir / "last.state.pt", run_dir / "last.pth", run_dir / "last.json"
+    state_path = run_dir / "last.state.pt"
     if not state_path.exists():
         return None
     state = torch.load(state_path, map_location="cpu", weights_only=False)
-    info = json.loads(info_path.read_text()) if info_path.exists() else {}
-    if info.get("step") != state["step"]:
-        raise RuntimeError(
-            f"{run_dir}: last.state.pt is at step {state['step']} but last.json at step {info.get('step')}; "
-            "the run was killed while writing a checkpoint. Delete the run folder to start over."
-        )
-    weights = torch.load(weights_path, map_location="cpu", weights_only=True)
-    # The .pth layout carries layer 0's unused value-residual weights; the model has no such parameters.
-    return {key: value for key, value in weights.items() if key not in UNUSED_LAYER0_KEYS}, state
+    return state.pop("model"), state

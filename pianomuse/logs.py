@@ -11,7 +11,8 @@ def log_to_file(path: str | Path) -> logging.Logger:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Snakemake points at the log when a job fails, so uncaught tracebacks must land there too.
-    sys.stderr = open(path, "w", buffering=1)
+    # Appending keeps the log of a run that was killed and resumed (training) whole.
+    sys.stderr = open(path, "a", buffering=1)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )

@@ -235,9 +235,9 @@ def test_resumed_run_matches_an_uninterrupted_one_step_for_step(synthetic_data, 
 def test_a_run_that_keeps_producing_nan_aborts_with_a_clear_message(synthetic_data, tmp_path):
     config = run_config(max_steps=20, max_nonfinite_steps=3)
     run(config, synthetic_data, tmp_path, stop_at_step=1)
-    weights = torch.load(tmp_path / "last.pth")
-    weights["emb.weight"].fill_(float("nan"))
-    torch.save(weights, tmp_path / "last.pth")
+    state = torch.load(tmp_path / "last.state.pt", weights_only=False)
+    state["model"]["emb.weight"].fill_(float("nan"))
+    torch.save(state, tmp_path / "last.state.pt")
     with pytest.raises(RuntimeError, match="aborted at step 4: 3 non-finite"):
         run(config, synthetic_data, tmp_path)
     assert [r["skipped_steps"] for r in read_metrics(tmp_path / "metrics.csv")] == ["0", "1", "2"]
