@@ -61,7 +61,8 @@ def fla_function():
 
     def run(r, w, k, v, a, b, state):
         # fla keeps its state as [B, H, K, V]; ours is [B, H, V, K].
-        y, final = chunk_rwkv7(r=r, w=w, k=k, v=v, a=a, b=b, scale=1.0, initial_state=state.transpose(-1, -2),
+        initial_state = state.transpose(-1, -2).contiguous()
+        y, final = chunk_rwkv7(r=r, w=w, k=k, v=v, a=a, b=b, scale=1.0, initial_state=initial_state,
                                output_final_state=True)  # fmt: skip
         return y, final.transpose(-1, -2)
 

@@ -65,8 +65,9 @@ inline void exp_into(const float* w, float* decay, int64_t n) {
   for (int64_t j = 0; j < n; ++j) decay[j] = std::exp(w[j]);
 }
 
-WKV7_VECTOR_CLONES void forward_head(const Shape& s, int64_t bh, const float* r, const float* w, const float* k, const float* v,
-                  const float* a, const float* b, float* y, float* state, float* checkpoints) {
+WKV7_VECTOR_CLONES void forward_head(const Shape& s, int64_t bh, const float* r, const float* w, const float* k,
+                                     const float* v, const float* a, const float* b, float* y, float* state,
+                                     float* checkpoints) {
   const int64_t n = s.size, nn = n * n, base = s.head_offset(bh);
   std::vector<float> decay(n);
   for (int64_t t = 0; t < s.steps; ++t) {
@@ -81,9 +82,9 @@ struct Grads {
   float *r, *w, *k, *v, *a, *b;
 };
 
-WKV7_VECTOR_CLONES void backward_head(const Shape& s, int64_t bh, const float* r, const float* w, const float* k, const float* v,
-                   const float* a, const float* b, const float* checkpoints, const float* grad_y, float* adjoint,
-                   const Grads& g) {
+WKV7_VECTOR_CLONES void backward_head(const Shape& s, int64_t bh, const float* r, const float* w, const float* k,
+                                      const float* v, const float* a, const float* b, const float* checkpoints,
+                                      const float* grad_y, float* adjoint, const Grads& g) {
   const int64_t n = s.size, nn = n * n, base = s.head_offset(bh);
   // states[0] is the checkpoint before the chunk, states[s + 1] the state after its step s.
   std::vector<float> states((kChunk + 1) * nn), state_a(kChunk * n), decay(n);

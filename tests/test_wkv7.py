@@ -91,6 +91,7 @@ def test_cpu_kernel_is_deterministic(cpu_kernel):
 
 def test_wkv7_dispatches_to_the_cpu_kernel_and_keeps_the_dtype(cpu_kernel):
     inputs = random_wkv7_inputs(1, 20, 2, 64, dtype=torch.bfloat16, seed=7)
+    inputs["w"] = inputs["w"].float()  # as under autocast: mixed dtypes are accepted, y keeps r's dtype
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the kernel is built, so no fallback warning
         y, state = wkv7(**inputs)

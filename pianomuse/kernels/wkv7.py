@@ -11,6 +11,7 @@ RWKV-7 passes a = -kk and b = kk * iclr, so the middle term is its `state @ (a b
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -26,7 +27,8 @@ def _rwkv7_step(r, w, k, v, a, b, state):
     """One step of the recurrence in fp32 on [B, H, N] inputs and a [B, H, N, N] state; returns (y, state)."""
     r, w, k, v, a, b = (x.to(_STATE_DTYPE) for x in (r, w, k, v, a, b))
     state_a = torch.einsum("bhij,bhj->bhi", state, a)
-    state = state * torch.exp(w)[..., None, :] + state_a[..., :, None] * b[..., None, :] + v[..., :, None] * k[..., None, :]
+    decayed = state * torch.exp(w)[..., None, :]
+    state = decayed + state_a[..., :, None] * b[..., None, :] + v[..., :, None] * k[..., None, :]
     y = torch.einsum("bhij,bhj->bhi", state, r)
     return y, state
 
@@ -70,24 +72,22 @@ class _WKV7Function(torch.autograd.Function):
         return (None, *grads)
 
 
-def _kernel_dtype(device_type: str, dtype: torch.dtype) -> torch.dtype:
-    """The dtype the compiled kernel reads: the CUDA kernel takes fp32/bf16/fp16, the CPU kernel fp32 only."""
-    if device_type == "cuda" and dtype in (torch.float32, torch.bfloat16, torch.float16):
-        return dtype
-    return torch.float32
+def _kernel_inputs(tensors) -> list[torch.Tensor]:
+    """r, w, k, v, a, b as contiguous tensors of the one dtype the compiled kernel reads: on CUDA their promoted
+    dtype (fp32, bf16 or fp16; an fp32 w under bf16 autocast keeps its precision), on the CPU fp32."""
+    dtype = functools.reduce(torch.promote_types, (x.dtype for x in tensors))
+    if tensors[0].device.type != "cuda" or dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        dtype = torch.float32
+    return [x.to(dtype).contiguous() for x in tensors]
 
 
 def wkv7_compiled(kernel, r, w, k, v, a, b, state=None):
-    """wkv7 through a given compiled kernel module (no fallback); see `wkv7`."""
+    """wkv7 through a given compiled kernel module (no fallback); see `wkv7`. y comes back in r's dtype."""
     tensors = (r, w, k, v, a, b)
     if len({x.shape for x in tensors}) != 1 or r.dim() != 4:
         raise ValueError(f"r, w, k, v, a, b must share one [B, T, H, N] shape, got {[tuple(x.shape) for x in tensors]}")
-    if len({x.dtype for x in tensors}) != 1:
-        raise ValueError(f"r, w, k, v, a, b must share one dtype, got {[x.dtype for x in tensors]}")
-    dtype = _kernel_dtype(r.device.type, r.dtype)
-    inputs = [x.to(dtype).contiguous() for x in tensors]
     state0 = _initial_state(r, state).contiguous()
-    y, state_out = _WKV7Function.apply(kernel, *inputs, state0)
+    y, state_out = _WKV7Function.apply(kernel, *_kernel_inputs(tensors), state0)
     return y.to(r.dtype), state_out
 
 
@@ -137,9 +137,7 @@ def wkv7_step(r, w, k, v, a, b, state):
     if r.device.type == "cuda" and not needs_grad:
         kernel = _compiled_kernel("cuda")
         if kernel is not None:
-            dtype = _kernel_dtype("cuda", r.dtype)
-            inputs = [x.to(dtype).contiguous() for x in (r, w, k, v, a, b)]
-            y, state = kernel.step(*inputs, state.to(_STATE_DTYPE).contiguous())
+            y, state = kernel.step(*_kernel_inputs((r, w, k, v, a, b)), state.to(_STATE_DTYPE).contiguous())
             return y.to(r.dtype), state
     y, state = _rwkv7_step(r, w, k, v, a, b, state.to(_STATE_DTYPE))
     return y.to(r.dtype), state
