@@ -146,7 +146,7 @@ def _compile(device_type: str, build_dir: Path, verbose: bool):
         extra["extra_cuda_cflags"] = NVCC_FLAGS
     cflags, ldflags = cpu_compiler_flags()
     # Each extension gets its own directory: cpp_extension writes one build.ninja per build directory.
-    directory = Path(build_dir) / device_type
+    directory = Path(build_dir).resolve() / device_type
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=EXTENSION_NAMES[device_type],
