@@ -3,19 +3,15 @@ kernels against the twin (forward, final state and every gradient), the RNN step
 
 from __future__ import annotations
 
-import importlib
 import warnings
 
 import pytest
 import torch
 
 import pianomuse.kernels.build as kernel_build
-from pianomuse.kernels import wkv7, wkv7_reference, wkv7_step
+import pianomuse.kernels.wkv7 as wkv7_module
 from pianomuse.kernels.checks import TOLERANCE, outputs_and_grads, random_wkv7_inputs, relative_errors
-from pianomuse.kernels.wkv7 import wkv7_compiled
-
-# The package re-exports the function `wkv7`, which shadows the submodule of that name as an attribute.
-wkv7_module = importlib.import_module("pianomuse.kernels.wkv7")
+from pianomuse.kernels.wkv7 import wkv7, wkv7_compiled, wkv7_reference, wkv7_step
 
 NAMES = ("r", "w", "k", "v", "a", "b")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
