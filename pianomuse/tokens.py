@@ -76,6 +76,11 @@ def tokenize_piece(tokenizer: REMI, midi_path: str | Path) -> tuple[np.ndarray, 
         score = Score(str(midi_path))
     except Exception as error:
         raise RejectedPiece(f"not a readable MIDI file: {type(error).__name__}: {error}") from error
+    return tokenize_score(tokenizer, score)
+
+
+def tokenize_score(tokenizer: REMI, score: Score) -> tuple[np.ndarray, np.ndarray, int]:
+    """`tokenize_piece` of a Score already read (its tracks are merged in place)."""
     if score.note_num() == 0:
         raise RejectedPiece("empty: the file holds no notes")
     if all(track.is_drum for track in score.tracks if track.note_num() > 0):

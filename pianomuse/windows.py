@@ -78,6 +78,19 @@ def tempo_at_bars(ids: np.ndarray, bar_offsets: np.ndarray, markers: TempoMarker
     return tempo, starts_at_0.astype(np.int64) + sets_tempo
 
 
+def downbeat_header(ids: np.ndarray, bar_offset: int, tempo_id: int, markers: TempoMarkers) -> np.ndarray:
+    """`Bar, TimeSig_x, Position_0, Tempo_t`: the start of a bar that states the time signature and tempo in force."""
+    return np.array([ids[bar_offset], ids[bar_offset + 1], markers.position_0, tempo_id], dtype=np.uint16)
+
+
+def standalone_bars(ids: np.ndarray, bar_offsets: np.ndarray, markers: TempoMarkers, first: int, end: int) -> np.ndarray:
+    """Bars first .. end-1 of a stream as a stream of their own: the first restates time signature and tempo."""
+    tempo, stated = tempo_at_bars(ids, bar_offsets, markers)
+    bounds = np.append(bar_offsets, len(ids)).astype(np.int64)
+    body_start = bounds[first] + 2 + stated[first]
+    return np.concatenate([downbeat_header(ids, bounds[first], tempo[first], markers), ids[body_start : bounds[end]]])
+
+
 def shard_rows(shard_path: str | Path) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
     """(piece_id, transpose, ids, bar_offsets) of every row of a token shard, the arrays sliced from whole columns."""
     table = pq.read_table(shard_path, columns=["piece_id", "transpose", "ids", "bar_offsets"])
@@ -128,9 +141,7 @@ def shard_windows(
         counts["windows_over_cap"] += int((~fits).sum())
         counts["tokens"] += int(lengths[fits].sum())
         for s, body_start, split, end in zip(first_bars[fits], body_starts[fits], splits[fits], ends[fits], strict=True):
-            bar = bounds[s]
-            header = np.array([ids[bar], ids[bar + 1], markers.position_0, tempo[s]], dtype=np.uint16)
-            contexts.append(np.concatenate([header, ids[body_start:split]]))
+            contexts.append(np.concatenate([downbeat_header(ids, bounds[s], tempo[s], markers), ids[body_start:split]]))
             completions.append(ids[split:end])
         piece_ids += [piece_id] * int(fits.sum())
         start_bars.append(first_bars[fits])

@@ -1,0 +1,216 @@
+"""The completion engine: a prompt of whole bars in, K continuations of exactly M bars out.
+
+The prompt is tokenized with the training tokenizer and cut at Bar tokens like a window's context (its first bar
+restates the time signature and tempo in force), then a Bar token is appended: continuations start on a new bar,
+as the training completions do. The model reads the prompt once in parallel mode; its state is copied K times and
+the K samples are decoded together in RNN mode, one token per step, under the REMI grammar mask. A stream ends when
+it would start bar M+1.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from miditok import REMI
+from miditok.utils import compute_ticks_per_bar
+from symusic import Score, TimeSignature
+from tqdm import tqdm
+
+from pianomuse.model import RWKV7, load_rwkv_pth, state_repeat
+from pianomuse.sampling import GrammarState, GrammarTables, advance, allowed, draw, filter_logits, stream_generators
+from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
+from pianomuse.tokens import RejectedPiece, tokenize_score
+from pianomuse.windows import TempoMarkers, standalone_bars
+
+# A dense MAESTRO bar is a few hundred tokens; past this the grammar closes the bar (see sampling.py).
+MAX_TOKENS_PER_BAR = 1024
+
+
+class CompletionError(Exception):
+    """Bad input to a completion (file, prompt bars, sampling settings, checkpoint): the message says what and why."""
+
+
+@dataclass(frozen=True)
+class SampleSummary:
+    notes: int  # in the continuation
+    bars: int  # of the continuation
+    seconds: float  # from the continuation's start to its last note's end
+
+
+@dataclass(frozen=True)
+class Completion:
+    """K samples: each the prompt followed by its continuation, the continuation alone, and ids and summaries."""
+
+    full: list[Score]
+    continuations: list[Score]
+    summaries: list[SampleSummary]
+    prompt_ids: list[int]  # the prompt as the model read it (ending before the continuation's first Bar)
+    continuation_ids: list[list[int]]  # per sample, starting with a Bar
+    continuation_tick: int  # where the continuation starts in `full`
+
+
+def find_tokenizer(checkpoint: Path) -> Path | None:
+    """The run's tokenizer: beside the checkpoint, or the workflow's results/tokenizer.json for
+    results/checkpoints/{run}/{name}.pth."""
+    for candidate in [checkpoint.parent / "tokenizer.json", checkpoint.parent.parent.parent / "tokenizer.json"]:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_sampling(bars: int, samples: int, temperature: float, top_p: float, top_k: int | None) -> None:
+    if bars < 1:
+        raise CompletionError(f"the number of bars to generate must be at least 1, got {bars}")
+    if samples < 1:
+        raise CompletionError(f"the number of samples must be at least 1, got {samples}")
+    if not temperature > 0:
+        raise CompletionError(f"temperature must be greater than 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise CompletionError(f"top-p must be in (0, 1], got {top_p}")
+    if top_k is not None and top_k < 1:
+        raise CompletionError(f"top-k must be at least 1, got {top_k}")
+
+
+def prompt_range(prompt_bars: int | tuple[int, int] | None, n_bars: int) -> tuple[int, int]:
+    """0-based [first, end) bars of the prompt. `prompt_bars`: N (the first N bars), (I, J) (bars I to J, counted
+    from 1, both included) or None (every bar)."""
+    if prompt_bars is None:
+        return 0, n_bars
+    first, last = (1, prompt_bars) if isinstance(prompt_bars, int) else prompt_bars
+    if first < 1 or last < first:
+        raise CompletionError(f"prompt bars {first} to {last} are not a range of bars counted from 1")
+    if last > n_bars:
+        raise CompletionError(f"the prompt has {n_bars} bars but bars {first} to {last} were asked for")
+    return first - 1, last
+
+
+class Completer:
+    def __init__(self, model: RWKV7, tokenizer: REMI, device: str = "cpu"):
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self.device = device
+        self.grammar = GrammarTables.of(tokenizer)
+        self.markers = TempoMarkers.of(tokenizer)
+
+    @classmethod
+    def load(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):
+        """A checkpoint `{name}.pth` with its `{name}.json`; the tokenizer is the run's (see `find_tokenizer`)
+        unless given, and must be the one the checkpoint was trained with."""
+        checkpoint = Path(checkpoint_path)
+        info_path = checkpoint.with_suffix(".json")
+        if not checkpoint.is_file():
+            raise CompletionError(f"checkpoint not found: {checkpoint}")
+        if not info_path.is_file():
+            raise CompletionError(f"{checkpoint} has no {info_path.name} beside it (model config, tokenizer hash)")
+        info = json.loads(info_path.read_text())
+        tokenizer_path = Path(tokenizer_path) if tokenizer_path else find_tokenizer(checkpoint)
+        if tokenizer_path is None or not tokenizer_path.is_file():
+            raise CompletionError(f"no tokenizer found for {checkpoint}; pass the run's tokenizer.json (--tokenizer)")
+        if tokenizer_hash(tokenizer_path) != info["tokenizer_hash"]:
+            raise CompletionError(
+                f"tokenizer mismatch: {checkpoint} was trained with tokenizer {info['tokenizer_hash']}, "
+                f"but {tokenizer_path} is {tokenizer_hash(tokenizer_path)}"
+            )
+        try:
+            model = load_rwkv_pth(checkpoint)
+        except Exception as error:
+            raise CompletionError(f"{checkpoint} is not an RWKV-7 checkpoint: {type(error).__name__}: {error}") from error
+        return cls(model, load_tokenizer(tokenizer_path), device)
+
+    def prompt_ids(self, score_or_path: Score | str | Path, prompt_bars: int | tuple[int, int] | None) -> list[int]:
+        """The prompt bars as a stream of their own, ending where the continuation's Bar will go."""
+        try:
+            score = Score(str(score_or_path)) if isinstance(score_or_path, (str, Path)) else score_or_path.copy()
+        except Exception as error:
+            raise CompletionError(f"{score_or_path} is not a readable MIDI file ({error})") from error
+        try:
+            ids, bar_offsets, _ = tokenize_score(self.tokenizer, score)
+        except RejectedPiece as rejected:
+            raise CompletionError(f"{score_or_path} cannot be a prompt: {rejected.reason}") from rejected
+        first, end = prompt_range(prompt_bars, len(bar_offsets))
+        return standalone_bars(ids, bar_offsets, self.markers, first, end).tolist()
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompt_ids: list[int],
+        bars: int,
+        samples: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        max_tokens_per_bar: int = MAX_TOKENS_PER_BAR,
+        progress: bool = True,
+    ) -> list[list[int]]:
+        """`samples` continuations of `bars` bars after `prompt_ids`, each starting with its first Bar token."""
+        check_sampling(bars, samples, temperature, top_p, top_k)
+        start = prompt_ids + [self.grammar.bar_id]
+        logits, model_state = self.model(torch.tensor([start], device=self.device), return_state=True)
+        logits = logits[:, -1].repeat_interleave(samples, dim=0)
+        model_state = state_repeat(model_state, samples)
+        grammar = GrammarState.after(self.grammar, start).repeat(samples)
+        last_bar = grammar.bars + bars - 1  # the Bar count (prompt's included) in the continuation's last bar
+        generators = stream_generators(seed, samples)
+        continuations = [[self.grammar.bar_id] for _ in range(samples)]
+        with tqdm(total=samples * bars, desc="bars", unit="bar", initial=samples, disable=not progress) as bar_count:
+            while True:
+                mask = allowed(self.grammar, grammar, max_tokens_per_bar)
+                probs = filter_logits(logits.float().cpu().masked_fill(~mask, float("-inf")), temperature, top_k, top_p)
+                live = (~grammar.finished).nonzero()[:, 0]
+                ids = torch.full((samples,), self.grammar.pad_id)
+                ids[live] = draw(probs, generators, live)
+                # Bar M+1 is never written: the stream ends where it would start.
+                ending = (ids == self.grammar.bar_id) & (grammar.bars == last_bar)
+                grammar.finished |= ending
+                for row in live[~ending[live]].tolist():
+                    continuations[row].append(int(ids[row]))
+                bar_count.update(int((ids == self.grammar.bar_id).sum() - ending.sum()))
+                if grammar.finished.all():
+                    return continuations
+                advance(self.grammar, grammar, ids)
+                logits, model_state = self.model.step(ids.to(self.device), model_state)
+
+    def complete(
+        self,
+        score_or_path: Score | str | Path,
+        prompt_bars: int | tuple[int, int] | None = None,
+        bars: int = 4,
+        samples: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        max_tokens_per_bar: int = MAX_TOKENS_PER_BAR,
+        progress: bool = True,
+    ) -> Completion:
+        """Continue the prompt bars of a score `samples` ways, `bars` bars each (see `prompt_range` for the bars)."""
+        check_sampling(bars, samples, temperature, top_p, top_k)
+        prompt = self.prompt_ids(score_or_path, prompt_bars)
+        continuations = self.generate(
+            prompt, bars, samples, temperature, top_p, top_k, seed, max_tokens_per_bar, progress
+        )
+        full, alone, summaries = [], [], []
+        for continuation in continuations:
+            ids = np.array(prompt + continuation, dtype=np.int64)
+            bar_offsets = np.flatnonzero(ids == self.grammar.bar_id)
+            n_prompt_bars = len(bar_offsets) - bars
+            full.append(self.tokenizer.decode([ids.tolist()]))
+            alone_ids = standalone_bars(ids, bar_offsets, self.markers, n_prompt_bars, len(bar_offsets))
+            alone.append(self.tokenizer.decode([alone_ids.tolist()]))
+            summaries.append(SampleSummary(alone[-1].note_num(), bars, round(alone[-1].to("second").end(), 3)))
+        return Completion(full, alone, summaries, prompt, continuations, self.bars_ticks(prompt, full[0].tpq))
+
+    def bars_ticks(self, ids: list[int], tpq: int) -> int:
+        """The length in ticks of the bars of `ids` (every Bar is followed by its TimeSig), as miditok decodes them."""
+        lengths = []
+        for i in ids:
+            if self.grammar.bar_positions[i] < 0:
+                continue
+            numerator, denominator = map(int, self.tokenizer[i].removeprefix("TimeSig_").split("/"))
+            lengths.append(compute_ticks_per_bar(TimeSignature(0, numerator, denominator), tpq))
+        return sum(lengths)

@@ -1,0 +1,178 @@
+"""Sampling REMI tokens that always decode: a grammar mask over the vocabulary, and temperature / top-k / top-p.
+
+The grammar is miditok's own table of which token type may follow which (`tokenizer.tokens_types_graph`, what
+`tokens_errors` checks), made stricter where miditok's table allows what its encoder never writes:
+a TimeSig only right after a Bar, and nothing but a Position or the next Bar right after a TimeSig.
+On top of the types it tracks values, per stream:
+    positions strictly rise within a bar and stay below the bar's length (numerator x positions per beat);
+    a pitch is not played twice at one position (miditok would drop the duplicate);
+    special tokens (PAD, BOS, EOS) and token types outside the table (PitchDrum) never come out.
+A stream also has a token budget per bar: past it, the next Bar is forced as soon as the grammar allows one, so a
+stream always ends (Pedal -> Pedal, for one, could loop forever).
+
+Each stream draws from its own generator (seeded from the seed and the stream's index), one uniform number per
+token, so a stream's tokens do not depend on how many streams run beside it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+from miditok import REMI
+
+
+@dataclass(frozen=True)
+class GrammarTables:
+    """Per-vocabulary lookups for the grammar, built once from the tokenizer."""
+
+    token_type: torch.Tensor  # [V] long: index of the token's type, or -1 for a type the grammar never emits
+    follows: torch.Tensor  # [types, types] bool: type a may be followed by type b
+    position: torch.Tensor  # [V] long: the value of a Position token, -1 elsewhere
+    bar_positions: torch.Tensor  # [V] long: positions per bar of a TimeSig token, -1 elsewhere
+    is_pitch: torch.Tensor  # [V] bool
+    bar_id: int
+    pad_id: int
+    type_ids: dict[str, int]  # type name -> index
+
+    @classmethod
+    def of(cls, tokenizer: REMI) -> GrammarTables:
+        # Drum notes never come out: the stream is one piano track.
+        never = {token.split("_")[0] for token in tokenizer.special_tokens} | {"PitchDrum"}
+        graph = {
+            source: targets - never for source, targets in tokenizer.tokens_types_graph.items() if source not in never
+        }
+        for source in graph:
+            if source != "Bar":
+                graph[source].discard("TimeSig")
+        graph["TimeSig"] &= {"Position", "Bar"}
+        type_ids = {name: i for i, name in enumerate(sorted(graph))}
+        follows = torch.zeros(len(type_ids), len(type_ids), dtype=torch.bool)
+        for source, targets in graph.items():
+            for target in targets:
+                follows[type_ids[source], type_ids[target]] = True
+
+        vocab_size = len(tokenizer.vocab)
+        token_type = torch.full((vocab_size,), -1, dtype=torch.long)
+        position = torch.full((vocab_size,), -1, dtype=torch.long)
+        bar_positions = torch.full((vocab_size,), -1, dtype=torch.long)
+        for token, i in tokenizer.vocab.items():
+            kind, _, value = token.partition("_")
+            if kind not in type_ids:
+                continue
+            token_type[i] = type_ids[kind]
+            if kind == "Position":
+                position[i] = int(value)
+            elif kind == "TimeSig":
+                # A bar of n/d holds n beats of the denominator's note value, each max_num_pos_per_beat positions.
+                bar_positions[i] = int(value.split("/")[0]) * tokenizer.config.max_num_pos_per_beat
+        return cls(
+            token_type=token_type,
+            follows=follows,
+            position=position,
+            bar_positions=bar_positions,
+            is_pitch=token_type == type_ids["Pitch"],
+            bar_id=tokenizer.vocab["Bar_None"],
+            pad_id=tokenizer.pad_token_id,
+            type_ids=type_ids,
+        )
+
+
+@dataclass
+class GrammarState:
+    """Where each of K streams stands: [K] tensors, [K, V] for the pitches already at the current position."""
+
+    last_type: torch.Tensor  # type index of the last token
+    position: torch.Tensor  # current position in the bar, -1 right after a Bar
+    bar_positions: torch.Tensor  # positions in the current bar (from its TimeSig)
+    pitches_here: torch.Tensor  # [K, V] bool: Pitch ids already played at the current position
+    bars: torch.Tensor  # Bar tokens seen
+    tokens_in_bar: torch.Tensor  # tokens since the last Bar
+    finished: torch.Tensor  # bool: the stream has ended (only PAD may follow)
+
+    @classmethod
+    def after(cls, tables: GrammarTables, ids: list[int]) -> GrammarState:
+        """The state of one stream after `ids`, which must start with a Bar (a prompt, as `complete` builds it)."""
+        if not ids or ids[0] != tables.bar_id:
+            raise ValueError("a REMI stream to continue must start with a Bar token")
+        vocab_size = len(tables.token_type)
+        state = cls(
+            last_type=torch.tensor([tables.type_ids["Bar"]]),
+            position=torch.tensor([-1]),
+            bar_positions=torch.tensor([0]),
+            pitches_here=torch.zeros(1, vocab_size, dtype=torch.bool),
+            bars=torch.tensor([1]),
+            tokens_in_bar=torch.tensor([0]),
+            finished=torch.tensor([False]),
+        )
+        for token in ids[1:]:
+            advance(tables, state, torch.tensor([token]))
+        return state
+
+    def repeat(self, k: int) -> GrammarState:
+        """Each stream k times, rows in the order of `model.state_repeat`."""
+        return GrammarState(**{f.name: getattr(self, f.name).repeat_interleave(k, dim=0) for f in fields(self)})
+
+
+def allowed(tables: GrammarTables, state: GrammarState, max_tokens_per_bar: int) -> torch.Tensor:
+    """[K, V] bool: the ids each stream may take next. A finished stream may take PAD only."""
+    token_type = tables.token_type
+    mask = tables.follows[state.last_type][:, token_type.clamp(min=0)] & (token_type >= 0)
+    is_position = tables.position >= 0
+    position_ok = (tables.position > state.position[:, None]) & (tables.position < state.bar_positions[:, None])
+    mask &= ~is_position | position_ok
+    mask &= ~state.pitches_here
+    over_budget = (state.tokens_in_bar >= max_tokens_per_bar) & mask[:, tables.bar_id]
+    mask[over_budget] = False
+    mask[over_budget, tables.bar_id] = True
+    mask[state.finished] = False
+    mask[state.finished, tables.pad_id] = True
+    return mask
+
+
+def advance(tables: GrammarTables, state: GrammarState, ids: torch.Tensor) -> None:
+    """Move every stream past its token ids[k] (in place); rows already finished are left as they are."""
+    live = ~state.finished
+    token_type = tables.token_type[ids]
+    is_bar = ids == tables.bar_id
+    is_position = tables.position[ids] >= 0
+    is_timesig = tables.bar_positions[ids] >= 0
+    state.last_type = torch.where(live, token_type, state.last_type)
+    state.position = torch.where(live & is_bar, -1, state.position)
+    state.position = torch.where(live & is_position, tables.position[ids], state.position)
+    state.bar_positions = torch.where(live & is_timesig, tables.bar_positions[ids], state.bar_positions)
+    state.pitches_here[live & (is_bar | is_position)] = False
+    played = live & tables.is_pitch[ids]
+    state.pitches_here[played.nonzero()[:, 0], ids[played]] = True
+    state.bars += (live & is_bar).long()
+    state.tokens_in_bar = torch.where(is_bar, 0, state.tokens_in_bar + 1)
+
+
+def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:
+    """Probabilities [K, V] from masked logits (-inf where not allowed): temperature, then top-k, then top-p."""
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+        # Keep a token while the mass before it is under top_p: the most likely one always stays.
+        drop_sorted = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_p
+        probs = probs.masked_fill(drop_sorted.scatter(-1, order, drop_sorted), 0.0)
+    return probs
+
+
+def stream_generators(seed: int, k: int) -> list[torch.Generator]:
+    """One generator per stream, seeded from (seed, stream index)."""
+    return [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(k)]
+
+
+def draw(probs: torch.Tensor, generators: list[torch.Generator], rows: torch.Tensor) -> torch.Tensor:
+    """One id per row in `rows` by inverse CDF, each row with a uniform number from its own generator."""
+    uniforms = torch.cat([torch.rand(1, generator=generators[row], dtype=torch.float64) for row in rows.tolist()])
+    cdf = probs[rows].double().cumsum(dim=-1)
+    picked = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0]
+    # A uniform of exactly the total mass would land past the end; the last id with mass is the right answer then.
+    last_with_mass = probs.shape[-1] - 1 - (probs[rows] > 0).flip(-1).long().argmax(dim=-1)
+    return torch.minimum(picked, last_with_mass)
