@@ -1,0 +1,109 @@
+"""The `pianomuse` command. `pianomuse complete PROMPT.mid --checkpoint PATH ...` writes K continuations."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from pianomuse.complete import Completer, CompletionError
+
+USAGE_ERROR = 2
+COMPLETION_ERROR = 1
+
+
+def piano_roll(score, continuation_tick: int, path: Path, title: str) -> None:
+    """Notes as horizontal bars, pitch against time in quarter notes; a vertical line where the continuation starts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(12, 4))
+    for track in score.tracks:
+        for note in track.notes:
+            is_continuation = note.time >= continuation_tick
+            axes.barh(
+                note.pitch, note.duration / score.tpq, left=note.time / score.tpq, height=0.8,
+                color="tab:orange" if is_continuation else "tab:blue",
+            )
+    axes.axvline(continuation_tick / score.tpq, color="black", linestyle="--", label="continuation starts")
+    axes.set(xlabel="time (quarter notes)", ylabel="MIDI pitch", title=title)
+    axes.legend(loc="upper right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="pianomuse", description="Piano completion with RWKV-7.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    complete = commands.add_parser("complete", help="continue the bars of a MIDI prompt K ways")
+    complete.add_argument("prompt", type=Path, help="MIDI file holding the prompt")
+    complete.add_argument("--checkpoint", type=Path, required=True, help="a {name}.pth with its {name}.json beside it")
+    complete.add_argument(
+        "--tokenizer", type=Path, help="the run's tokenizer.json (default: beside the checkpoint, or results/)"
+    )
+    complete.add_argument("--prompt-bars", type=int, help="prompt = the first N bars (default: the whole file)")
+    complete.add_argument("--from-bar", type=int, help="prompt = bars I to J, counted from 1, both included")
+    complete.add_argument("--to-bar", type=int)
+    complete.add_argument("--bars", type=int, default=4, help="bars to generate (M)")
+    complete.add_argument("--samples", type=int, default=4, help="continuations to generate (K)")
+    complete.add_argument("--temperature", type=float, default=1.0)
+    complete.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    complete.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: all)")
+    complete.add_argument("--seed", type=int, default=0)
+    complete.add_argument("--device", default="cpu")
+    complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI and PNG files")
+    args = parser.parse_args(argv)
+    if args.prompt_bars is not None and (args.from_bar is not None or args.to_bar is not None):
+        parser.error("give either --prompt-bars or --from-bar/--to-bar, not both")
+    if (args.from_bar is None) != (args.to_bar is None):
+        parser.error("--from-bar and --to-bar go together")
+    return args
+
+
+def write_outputs(completion, out_dir: Path) -> None:
+    """Every file into a temporary folder beside `out_dir`, then moved in: a failure leaves no partial sample."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
+            full.dump_midi(str(staging / f"sample-{i}.mid"))
+            continuation.dump_midi(str(staging / f"sample-{i}.continuation.mid"))
+            piano_roll(full, completion.continuation_tick, staging / f"sample-{i}.png", f"sample {i}")
+        out_dir.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            os.replace(path, out_dir / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def complete(args: argparse.Namespace) -> None:
+    prompt_bars = args.prompt_bars if args.from_bar is None else (args.from_bar, args.to_bar)
+    if not args.prompt.is_file():
+        raise CompletionError(f"prompt file not found: {args.prompt}")
+    completer = Completer.load(args.checkpoint, args.tokenizer, args.device)
+    completion = completer.complete(
+        args.prompt, prompt_bars, args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed
+    )
+    write_outputs(completion, args.output)
+    for i, summary in enumerate(completion.summaries):
+        print(f"sample-{i}: {summary.notes} notes, {summary.bars} bars, {summary.seconds:.1f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        complete(args)
+    except CompletionError as error:
+        print(f"pianomuse: error: {error}", file=sys.stderr)
+        return COMPLETION_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""Completion: the grammar mask, seeded sampling, shared prefill, the Completer and the `pianomuse complete` CLI.
+
+A random tiny model is the hardest case for the grammar (it would emit anything), and it needs no training run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from miditok import TokSequence
+
+import pianomuse.complete as complete_module
+from pianomuse.checkpoint import save_weights
+from pianomuse.cli import main
+from pianomuse.complete import Completer, CompletionError
+from pianomuse.model import RWKV7, RWKV7Config
+from pianomuse.sampling import stream_generators
+from pianomuse.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_hash
+from midi_factory import make_piano_score, write_midi
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Decoding a tiny batch gains nothing from intra-op threads, and on a shared machine they make it crawl.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tokenizer_path) -> Path:
+    """A random tiny model saved as train saves it, with the run's tokenizer beside it."""
+    run_dir = tmp_path_factory.mktemp("run")
+    torch.manual_seed(0)
+    config = RWKV7Config(vocab_size=len(load_tokenizer(tokenizer_path).vocab), n_layer=2, n_embd=64, head_size=32)
+    info = {"model": vars(config), "tokenizer_hash": tokenizer_hash(tokenizer_path), "step": 0}
+    save_weights(RWKV7(config), info, run_dir, "best")
+    shutil.copy(tokenizer_path, run_dir / "tokenizer.json")
+    return run_dir / "best.pth"
+
+
+@pytest.fixture(scope="session")
+def completer(checkpoint) -> Completer:
+    return Completer.load(checkpoint)
+
+
+@pytest.fixture(scope="session")
+def prompt_midi(tmp_path_factory) -> Path:
+    return write_midi(make_piano_score(6, 4, seed=1), tmp_path_factory.mktemp("prompt") / "prompt.mid")
+
+
+def check_samples(completer: Completer, prompt: list[int], continuations: list[list[int]], bars: int) -> None:
+    tokenizer = completer.tokenizer
+    for ids in continuations:
+        assert tokenizer.tokens_errors(TokSequence(ids=prompt + ids)) == 0, [tokenizer[i] for i in ids]
+        assert sum(i == completer.grammar.bar_id for i in ids) == bars
+        assert all(tokenizer[i].split("_")[0] not in {"PAD", "BOS", "EOS", "PitchDrum"} for i in ids)
+
+
+@pytest.mark.parametrize("time_signature", [(4, 4), (3, 4), (6, 8)])
+def test_random_model_samples_always_decode_with_exactly_m_bars(completer, time_signature):
+    """200 streams per time signature (25 seeds x 8 samples), hot sampling, short bars so the budget path runs too."""
+    prompt = completer.prompt_ids(make_piano_score(3, 3, time_signature=time_signature, seed=2), 2)
+    for seed in range(25):
+        continuations = completer.generate(
+            prompt, bars=2, samples=8, temperature=1.5, seed=seed, max_tokens_per_bar=24, progress=False
+        )
+        check_samples(completer, prompt, continuations, bars=2)
+
+
+def test_top_k_and_top_p_keep_samples_valid(completer):
+    prompt = completer.prompt_ids(make_piano_score(2, 4), None)
+    continuations = completer.generate(prompt, bars=3, samples=4, top_k=5, top_p=0.5, seed=3, progress=False)
+    check_samples(completer, prompt, continuations, bars=3)
+
+
+def test_same_seed_same_output_other_seed_other_output(completer, prompt_midi):
+    def run(seed):
+        return completer.complete(prompt_midi, 2, bars=2, samples=3, seed=seed, progress=False).continuation_ids
+
+    first = run(7)
+    assert run(7) == first
+    assert run(8) != first
+    assert len({tuple(ids) for ids in first}) == 3  # the samples of one run differ from each other
+
+
+def test_prompt_is_read_once_and_batched_samples_match_single_ones(completer, monkeypatch):
+    prompt = completer.prompt_ids(make_piano_score(2, 4), None)
+    prompt_reads = []
+    forward = completer.model.forward
+
+    def counting_forward(idx, *args, **kwargs):
+        if idx.shape[1] > 1:
+            prompt_reads.append(idx.shape)
+        return forward(idx, *args, **kwargs)
+
+    monkeypatch.setattr(completer.model, "forward", counting_forward)
+    batched = completer.generate(prompt, bars=2, samples=4, seed=5, progress=False)
+    assert prompt_reads == [torch.Size([1, len(prompt) + 1])]  # the prompt and the first Bar, once for 4 samples
+
+    for i in range(4):
+        # Stream i alone, drawing from the generator it had in the batch.
+        monkeypatch.setattr(complete_module, "stream_generators", lambda seed, k, i=i: stream_generators(seed, 4)[i:i + 1])
+        assert completer.generate(prompt, bars=2, samples=1, seed=5, progress=False) == [batched[i]]
+
+
+def test_complete_returns_prompt_plus_continuation(completer, prompt_midi):
+    result = completer.complete(prompt_midi, (2, 4), bars=2, samples=2, seed=0, progress=False)
+    assert sum(i == completer.grammar.bar_id for i in result.prompt_ids) == 3
+    assert result.continuation_tick == 3 * 4 * result.full[0].tpq  # three 4/4 bars
+    for full, alone, summary in zip(result.full, result.continuations, result.summaries, strict=True):
+        assert summary.bars == 2 and summary.notes == alone.note_num()
+        assert full.note_num() == 12 + alone.note_num()  # the prompt's 3 bars of 4 notes, then the continuation
+        assert alone.tempos[0].time == 0  # the continuation alone states the tempo in force
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_cli_writes_every_sample(checkpoint, prompt_midi, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = [
+        "complete", str(prompt_midi), "--checkpoint", str(checkpoint), "--from-bar", "2", "--to-bar", "5",
+        "--bars", "2", "--samples", "2", "--temperature", "0.9", "--top-p", "0.95", "--top-k", "50", "--seed", "1",
+        "-o", str(out),
+    ]
+    code, stdout, _ = run_cli(args, capsys)
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        f"sample-{i}{suffix}" for i in range(2) for suffix in [".continuation.mid", ".mid", ".png"]
+    ]
+    assert [line.split(":")[0] for line in stdout.splitlines()] == ["sample-0", "sample-1"]
+    assert all(", 2 bars, " in line for line in stdout.splitlines())
+
+
+@pytest.fixture(scope="session")
+def other_tokenizer(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("other") / "tokenizer.json"
+    save_tokenizer(
+        build_tokenizer([21, 108], [[0, 4, 8], [4, 12, 4]], 16, True, 32, [40, 250], True, True, ["PAD", "BOS", "EOS"]),
+        path,
+    )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--prompt-bars", "9"], "the prompt has 6 bars but bars 1 to 9 were asked for"),
+        (["--from-bar", "5", "--to-bar", "7"], "the prompt has 6 bars but bars 5 to 7 were asked for"),
+        (["--from-bar", "4", "--to-bar", "2"], "are not a range of bars"),
+        (["--temperature", "0"], "temperature must be greater than 0"),
+        (["--temperature", "-1"], "temperature must be greater than 0"),
+        (["--top-p", "0"], "top-p must be in (0, 1]"),
+        (["--top-p", "1.5"], "top-p must be in (0, 1]"),
+        (["--top-k", "0"], "top-k must be at least 1"),
+        (["--bars", "0"], "bars to generate must be at least 1"),
+    ],
+)
+def test_cli_rejects_bad_settings(checkpoint, prompt_midi, tmp_path, capsys, extra, message):
+    out = tmp_path / "out"
+    code, _, stderr = run_cli(["complete", str(prompt_midi), "--checkpoint", str(checkpoint), "-o", str(out), *extra], capsys)
+    assert code == 1
+    assert message in stderr and "Traceback" not in stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written, no staging folder left
+
+
+def test_cli_rejects_bad_files(checkpoint, prompt_midi, other_tokenizer, tmp_path, capsys):
+    not_midi = tmp_path / "notes.mid"
+    not_midi.write_text("these are not MIDI bytes")
+    cases = [
+        ([str(not_midi), "--checkpoint", str(checkpoint)], "is not a readable MIDI file"),
+        ([str(tmp_path / "absent.mid"), "--checkpoint", str(checkpoint)], "prompt file not found"),
+        ([str(prompt_midi), "--checkpoint", str(tmp_path / "absent.pth")], "checkpoint not found"),
+        ([str(prompt_midi), "--checkpoint", str(checkpoint), "--tokenizer", str(other_tokenizer)], "tokenizer mismatch"),
+    ]
+    for args, message in cases:
+        code, _, stderr = run_cli(["complete", *args, "-o", str(tmp_path / "out")], capsys)
+        assert code == 1 and message in stderr, stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_cli_usage_errors_exit_2(checkpoint, prompt_midi, tmp_path, capsys):
+    base = ["complete", str(prompt_midi), "--checkpoint", str(checkpoint), "-o", str(tmp_path / "out")]
+    for extra in [["--prompt-bars", "2", "--from-bar", "1", "--to-bar", "2"], ["--from-bar", "1"], ["--bars", "x"]]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(base + extra)
+        assert exit_info.value.code == 2
+        assert "usage:" in capsys.readouterr().err
+
+
+def test_installed_command_reports_errors_without_traceback(checkpoint, tmp_path):
+    not_midi = tmp_path / "notes.mid"
+    not_midi.write_text("not MIDI")
+    command = [sys.executable, "-m", "pianomuse.cli", "complete", str(not_midi), "--checkpoint", str(checkpoint)]
+    result = subprocess.run([*command, "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert result.stderr.startswith("pianomuse: error: ") and "Traceback" not in result.stderr
+
+
+@pytest.mark.maestro
+def test_complete_a_maestro_prompt(maestro_dir, checkpoint, completer, tmp_path, capsys):
+    midi = sorted(maestro_dir.glob("2004/*.midi"))[0]
+    out = tmp_path / "out"
+    args = ["complete", str(midi), "--checkpoint", str(checkpoint), "--from-bar", "3", "--to-bar", "6"]
+    code, stdout, stderr = run_cli([*args, "--bars", "2", "--samples", "2", "--seed", "0", "-o", str(out)], capsys)
+    assert code == 0, stderr
+    assert len(stdout.splitlines()) == 2
+    for i in range(2):
+        assert (out / f"sample-{i}.png").stat().st_size > 0
+        full = completer.tokenizer.encode(str(out / f"sample-{i}.mid"))
+        alone = completer.tokenizer.encode(str(out / f"sample-{i}.continuation.mid"))
+        assert completer.tokenizer.tokens_errors(full[0]) == 0
+        assert full[0].tokens.count("Bar_None") <= 6 and alone[0].tokens.count("Bar_None") <= 2
+    result = completer.complete(midi, (3, 6), bars=2, samples=2, seed=0, progress=False)
+    check_samples(completer, result.prompt_ids, result.continuation_ids, bars=2)
+    assert sum(i == completer.grammar.bar_id for i in result.prompt_ids) == 4
