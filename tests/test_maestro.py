@@ -2,53 +2,25 @@
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import threading
 import urllib.request
-import zipfile
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from midi_factory import make_piano_score, write_midi
+from workflow_helpers import MAESTRO_CSV_HEADER, fake_maestro, serve_as_maestro_zip
 from pianomuse.maestro import MANIFEST_SCHEMA, ensure_maestro, read_manifest, read_metadata, write_manifest
 
-CSV_HEADER = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"]
 PIECES = [
     ["Frédéric Chopin", "Ballade No. 1", "train", 2004, "2004/ballade.midi", "2004/ballade.wav", 540.5],
     ["Johann Sebastian Bach", "Prelude in C", "test", 2006, "2006/prelude.midi", "2006/prelude.wav", 120.25],
 ]
 
 
-def fake_maestro(folder: Path, rows: list[list] = PIECES) -> Path:
-    """A MAESTRO-shaped folder: the csv and one small MIDI file per row, in year folders."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, row in enumerate(rows):
-        write_midi(make_piano_score(bars=2, notes_per_bar=4, seed=i), folder / row[4])
-    with open(folder / "maestro-v3.0.0.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(CSV_HEADER)
-        writer.writerows(rows)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def served_zip(tmp_path_factory):
     """(url, sha256) of a fake MAESTRO zipped like the official one (top-level maestro-v3.0.0/), on loopback HTTP."""
-    source = fake_maestro(tmp_path_factory.mktemp("source"))
-    root = tmp_path_factory.mktemp("served")
-    zip_path = root / "maestro-v3.0.0-midi.zip"
-    with zipfile.ZipFile(zip_path, "w") as archive:
-        for path in sorted(source.rglob("*")):
-            archive.write(path, Path("maestro-v3.0.0") / path.relative_to(source))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/{zip_path.name}", hashlib.sha256(zip_path.read_bytes()).hexdigest()
-    server.shutdown()
-    server.server_close()
+    source = fake_maestro(tmp_path_factory.mktemp("source"), PIECES)
+    yield from serve_as_maestro_zip(source, tmp_path_factory.mktemp("served"))
 
 
 def test_missing_folder_is_downloaded_verified_and_unpacked(served_zip, tmp_path):
@@ -82,7 +54,7 @@ def test_existing_folder_is_used_as_is_without_network(tmp_path, monkeypatch):
         pytest.fail("ensure_maestro went to the network for a folder that exists")
 
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
-    maestro_dir = fake_maestro(tmp_path / "maestro")
+    maestro_dir = fake_maestro(tmp_path / "maestro", PIECES)
     assert ensure_maestro(maestro_dir, "http://127.0.0.1:9/unused.zip", "0" * 64) == maestro_dir.resolve()
 
 
@@ -93,7 +65,7 @@ def test_existing_folder_without_the_csv_is_an_error(tmp_path):
 
 
 def test_metadata_becomes_a_manifest(tmp_path):
-    maestro_dir = fake_maestro(tmp_path / "maestro")
+    maestro_dir = fake_maestro(tmp_path / "maestro", PIECES)
     metadata = read_metadata(maestro_dir)
     write_manifest(metadata, tmp_path / "manifest.parquet")
     manifest = read_manifest(tmp_path / "manifest.parquet")
@@ -135,8 +107,8 @@ def test_pieces_per_split_keeps_the_same_subset_for_a_seed(tmp_path):
     ("csv_text", "message"),
     [
         ("canonical_composer,split\nBach,train\n", "lacks the columns"),
-        (",".join(CSV_HEADER) + "\nBach,Prelude,holdout,2004,2004/a.midi,2004/a.wav,1.0\n", "has splits"),
-        (",".join(CSV_HEADER) + "\nBach,Prelude,train,last year,2004/a.midi,2004/a.wav,1.0\n", "malformed year"),
+        (",".join(MAESTRO_CSV_HEADER) + "\nBach,Prelude,holdout,2004,2004/a.midi,2004/a.wav,1.0\n", "has splits"),
+        (",".join(MAESTRO_CSV_HEADER) + "\nBach,Prelude,train,last year,2004/a.midi,2004/a.wav,1.0\n", "malformed year"),
         ("", "not a readable csv"),
     ],
 )

@@ -4,7 +4,6 @@ bit-exact resuming, and a tiny end-to-end run through Snakemake on real MAESTRO 
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import math
 import os
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from workflow_helpers import REPO, copy_workflow, snakemake
 from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
@@ -36,7 +36,6 @@ from pianomuse.train import (
     train_step,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 TINY_MODEL = {"n_layer": 2, "n_embd": 64, "head_size": 64}
 
@@ -260,26 +259,6 @@ def test_two_process_ddp_on_cpu_trains_and_only_rank_0_writes(synthetic_data, tm
 
 # ----------------------------------------------------------------------------------------------------------------
 # The workflow
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in ["Snakefile", "config.yaml", "workflow", "envs", "csrc"]:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
-        elif source.exists():
-            shutil.copy(source, dest / name)
-    return dest
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=workdir, capture_output=True, text=True
-    )
-    if check and result.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "results/logs").rglob("*.log")))
-        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}\n{logs}")
-    return result
 
 
 def test_unknown_train_key_fails_schema_validation(tmp_path):

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import re
-import shutil
 import subprocess
 import sys
-import zipfile
 from collections import Counter
 from pathlib import Path
 
@@ -18,35 +15,10 @@ import pytest
 import yaml
 from miditok import TokSequence
 
-from midi_factory import make_piano_score, write_midi
 from pianomuse.tokenizer import load_tokenizer
+from workflow_helpers import REPO, copy_workflow, edit_config, fake_maestro, serve_as_maestro_zip, snakemake
 
-REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs"]
-MAESTRO_COLUMNS = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"]
-
-
-def copy_workflow(dest: Path) -> Path:
-    for name in WORKFLOW_FILES:
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, dest / name)
-        else:
-            shutil.copy(source, dest / name)
-    return dest
-
-
-def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--cores", "2", *args],
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-    )
-    if check and result.returncode != 0:
-        logs = "\n".join(f"== {p}\n{p.read_text()}" for p in sorted((workdir / "results/logs").rglob("*.log")))
-        pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}\n{logs}")
-    return result
+TRAIN_VALIDATION_TEST = ["train", "train", "validation", "validation", "test", "test"]
 
 
 def planned_jobs(workdir: Path, *args: str) -> Counter:
@@ -58,48 +30,18 @@ def planned_jobs(workdir: Path, *args: str) -> Counter:
     return Counter({rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, flags=re.M)})
 
 
-def edit_config(workdir: Path, section: str, key: str, value) -> None:
-    path = workdir / "config.yaml"
-    config = yaml.safe_load(path.read_text())
-    config[section][key] = value
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-
-
-def fake_maestro(folder: Path) -> Path:
-    """A MAESTRO-shaped folder: two short pieces per split plus one corrupt file in train."""
-    rows = []
-    for i, split in enumerate(["train", "train", "validation", "validation", "test", "test"]):
-        name = f"2004/piece-{i}.midi"
-        score = make_piano_score(bars=14 + i, notes_per_bar=6, seed=i)
-        write_midi(score, folder / name)
-        rows.append(["Composer", f"Piece {i}", split, 2004, name, name.replace(".midi", ".wav"), 30.0])
-    (folder / "2004/corrupt.midi").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00")
-    rows.append(["Composer", "Corrupt", "train", 2004, "2004/corrupt.midi", "2004/corrupt.wav", 1.0])
-    with open(folder / "maestro-v3.0.0.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(MAESTRO_COLUMNS)
-        writer.writerows(rows)
-    return folder
-
-
 @pytest.fixture(scope="module")
 def served_maestro_zip(tmp_path_factory):
-    """The fake MAESTRO zipped like the official archive (a top-level maestro-v3.0.0/ folder), on loopback HTTP."""
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-    from functools import partial
-    import threading
-
-    root = tmp_path_factory.mktemp("served")
-    source = fake_maestro(tmp_path_factory.mktemp("maestro-src"))
-    zip_path = root / "maestro-v3.0.0-midi.zip"
-    with zipfile.ZipFile(zip_path, "w") as archive:
-        for path in sorted(source.rglob("*")):
-            if path.is_file():
-                archive.write(path, Path("maestro-v3.0.0") / path.relative_to(source))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}/{zip_path.name}", hashlib.sha256(zip_path.read_bytes()).hexdigest()
-    server.shutdown()
+    """Two short pieces per split plus one corrupt file in train, zipped like MAESTRO and served on loopback."""
+    rows = [
+        ["Composer", f"Piece {i}", split, 2004, f"2004/piece-{i}.midi", f"2004/piece-{i}.wav", 30.0]
+        for i, split in enumerate(TRAIN_VALIDATION_TEST)
+    ]
+    source = fake_maestro(tmp_path_factory.mktemp("maestro-src"), rows, bars=14)
+    (source / "2004/corrupt.midi").write_bytes(b"MThd\x00\x00\x00\x06\x00\x01\x00")
+    with open(source / "maestro-v3.0.0.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["Composer", "Corrupt", "train", 2004, "2004/corrupt.midi", "2004/corrupt.wav", 1.0])
+    yield from serve_as_maestro_zip(source, tmp_path_factory.mktemp("served"))
 
 
 @pytest.fixture(scope="module")
