@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from miditok import REMI
 
-from pianomuse.maestro import write_parquet_atomic
+from pianomuse.files import write_parquet_atomic
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import TOKEN_SHARD_SCHEMA
 

@@ -8,28 +8,14 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pianomuse.files import atomic_write
 from pianomuse.model import save_rwkv_pth
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call `write(file_path)` on a temporary file in the same folder, then rename it over `path` in one step."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_torch(obj, path: Path) -> None:

@@ -15,6 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from pianomuse.files import write_parquet_atomic
+
 MAESTRO_V3_MIDI_URL = "https://storage.googleapis.com/magentadata/datasets/maestro/v3.0.0/maestro-v3.0.0-midi.zip"
 # SHA-256 of the official MIDI-only zip (58,416,533 bytes), as MusPy's MAESTRODatasetV3 pins it.
 MAESTRO_V3_MIDI_SHA256 = "70470ee253295c8d2c71e6d9d4a815189e35c89624b76d22fce5a019d5dde12c"
@@ -141,18 +143,6 @@ def read_metadata(maestro_dir: str | Path, pieces_per_split: int | None = None, 
     except (ValueError, TypeError) as error:
         raise ValueError(f"{csv_path} has a malformed year or duration: {error}") from error
     return metadata.sort_values(["split", "piece_id"], ignore_index=True)
-
-
-def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
-    """Write a Parquet file under a temporary name, then rename it: readers never see a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_manifest(metadata: pd.DataFrame, path: str | Path) -> None:

@@ -13,7 +13,8 @@ import pyarrow as pa
 from miditok import REMI
 from symusic import Score
 
-from pianomuse.maestro import read_manifest, write_parquet_atomic
+from pianomuse.files import write_parquet_atomic
+from pianomuse.maestro import read_manifest
 from pianomuse.tokenizer import load_tokenizer
 
 # Contract of a token shard (results/tokens/{split}/shard-{k}.parquet); the augment shards share it.

@@ -11,7 +11,8 @@ from symusic import Score
 
 from midi_factory import make_piano_score, write_midi
 from pianomuse.augment import augment_shard, pitch_shift_table, transpose_ids
-from pianomuse.maestro import read_metadata, write_parquet_atomic
+from pianomuse.files import write_parquet_atomic
+from pianomuse.maestro import read_metadata
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import TOKEN_SHARD_SCHEMA, list_array, merge_piano_tracks, tokenize_piece
 

@@ -1,0 +1,30 @@
+"""Atomic file writes: a file is written under a temporary name in its folder, then renamed over its path, so that a
+reader (or a rerun after a kill) never sees half a file."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
+    """Call `write(temporary_path)`, then rename the temporary file over `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
