@@ -21,7 +21,15 @@ from symusic import Score, TimeSignature
 from tqdm import tqdm
 
 from pianomuse.model import RWKV7, load_rwkv_pth, state_repeat
-from pianomuse.sampling import GrammarState, GrammarTables, advance, allowed, draw, filter_logits, stream_generators
+from pianomuse.sampling import (
+    GrammarState,
+    GrammarTables,
+    advance,
+    allowed,
+    draw,
+    filter_logits,
+    stream_generators,
+)
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
 from pianomuse.tokens import RejectedPiece, tokenize_score
 from pianomuse.windows import TempoMarkers, standalone_bars

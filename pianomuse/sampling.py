@@ -42,9 +42,9 @@ class GrammarTables:
         graph = {
             source: targets - never for source, targets in tokenizer.tokens_types_graph.items() if source not in never
         }
-        for source in graph:
+        for source, targets in graph.items():
             if source != "Bar":
-                graph[source].discard("TimeSig")
+                targets.discard("TimeSig")
         graph["TimeSig"] &= {"Position", "Bar"}
         type_ids = {name: i for i, name in enumerate(sorted(graph))}
         follows = torch.zeros(len(type_ids), len(type_ids), dtype=torch.bool)

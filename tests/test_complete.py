@@ -12,16 +12,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from midi_factory import make_piano_score, write_midi
 from miditok import TokSequence
 
 import pianomuse.complete as complete_module
 from pianomuse.checkpoint import save_weights
 from pianomuse.cli import main
-from pianomuse.complete import Completer, CompletionError
+from pianomuse.complete import Completer
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.sampling import stream_generators
-from pianomuse.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_hash
-from midi_factory import make_piano_score, write_midi
+from pianomuse.tokenizer import (
+    build_tokenizer,
+    load_tokenizer,
+    save_tokenizer,
+    tokenizer_hash,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -202,14 +207,14 @@ def test_installed_command_reports_errors_without_traceback(checkpoint, tmp_path
     not_midi = tmp_path / "notes.mid"
     not_midi.write_text("not MIDI")
     command = [sys.executable, "-m", "pianomuse.cli", "complete", str(not_midi), "--checkpoint", str(checkpoint)]
-    result = subprocess.run([*command, "-o", str(tmp_path / "out")], capture_output=True, text=True)
+    result = subprocess.run([*command, "-o", str(tmp_path / "out")], capture_output=True, text=True, check=False)
     assert result.returncode == 1
     assert result.stderr.startswith("pianomuse: error: ") and "Traceback" not in result.stderr
 
 
 @pytest.mark.maestro
 def test_complete_a_maestro_prompt(maestro_dir, checkpoint, completer, tmp_path, capsys):
-    midi = sorted(maestro_dir.glob("2004/*.midi"))[0]
+    midi = min(maestro_dir.glob("2004/*.midi"))
     out = tmp_path / "out"
     args = ["complete", str(midi), "--checkpoint", str(checkpoint), "--from-bar", "3", "--to-bar", "6"]
     code, stdout, stderr = run_cli([*args, "--bars", "2", "--samples", "2", "--seed", "0", "-o", str(out)], capsys)
