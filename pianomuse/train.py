@@ -13,6 +13,7 @@ import dataclasses
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -319,6 +320,8 @@ def train(
     if is_writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        # The checkpoints' own tokenizer, so that a run folder is all `pianomuse complete` needs.
+        shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
         metrics = MetricsLog(run_dir / "metrics.csv", step)
         print(f"model: {n_params / 1e6:.2f}M parameters, {max_steps} steps on {device} x{world_size}", file=sys.stderr)
 
