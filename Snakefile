@@ -25,6 +25,7 @@ SHARDS = range(config["tokenize"]["shards"])
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
 
 
 rule all:

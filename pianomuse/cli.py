@@ -9,33 +9,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pianomuse.complete import Completer, CompletionError
+from pianomuse.report import piano_roll
 
 USAGE_ERROR = 2
 COMPLETION_ERROR = 1
-
-
-def piano_roll(score, continuation_tick: int, path: Path, title: str) -> None:
-    """Notes as horizontal bars, pitch against time in quarter notes; a vertical line where the continuation starts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(12, 4))
-    for track in score.tracks:
-        notes = track.notes.numpy()  # one barh call for all notes: per-note calls are slow for a dense piece
-        colors = np.where(notes["time"] >= continuation_tick, "tab:orange", "tab:blue")
-        axes.barh(notes["pitch"], notes["duration"] / score.tpq, left=notes["time"] / score.tpq, height=0.8, color=colors)
-    axes.axvline(continuation_tick / score.tpq, color="black", linestyle="--", label="continuation starts")
-    axes.set(xlabel="time (quarter notes)", ylabel="MIDI pitch", title=title)
-    axes.legend(loc="upper right")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -199,19 +199,38 @@ class Completer:
         """Continue the prompt bars of a score `samples` ways, `bars` bars each (see `prompt_range` for the bars)."""
         check_sampling(bars, samples, temperature, top_p, top_k)
         prompt = self.prompt_ids(score_or_path, prompt_bars)
+        return self.complete_ids(prompt, bars, samples, temperature, top_p, top_k, seed, max_tokens_per_bar, progress)
+
+    def complete_ids(
+        self,
+        prompt: list[int],
+        bars: int,
+        samples: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        max_tokens_per_bar: int = MAX_TOKENS_PER_BAR,
+        progress: bool = True,
+    ) -> Completion:
+        """`complete` for a prompt already tokenized as a stream of its own (a window's context, say)."""
         continuations = self.generate(
             prompt, bars, samples, temperature, top_p, top_k, seed, max_tokens_per_bar, progress
         )
         full, alone, summaries = [], [], []
         for continuation in continuations:
-            ids = np.array(prompt + continuation, dtype=np.int64)
-            bar_offsets = np.flatnonzero(ids == self.grammar.bar_id)
-            n_prompt_bars = len(bar_offsets) - bars
-            full.append(self.tokenizer.decode([ids.tolist()]))
-            alone_ids = standalone_bars(ids, bar_offsets, self.markers, n_prompt_bars, len(bar_offsets))
-            alone.append(self.tokenizer.decode([alone_ids.tolist()]))
+            ids = prompt + continuation
+            full.append(self.tokenizer.decode([ids]))
+            alone.append(self.decode_last_bars(ids, bars))
             summaries.append(SampleSummary(alone[-1].note_num(), bars, round(alone[-1].to("second").end(), 3)))
         return Completion(full, alone, summaries, prompt, continuations, self.bars_ticks(prompt, full[0].tpq))
+
+    def decode_last_bars(self, ids: list[int], bars: int) -> Score:
+        """The last `bars` bars of a stream as a score of their own, starting at tick 0."""
+        ids = np.array(ids, dtype=np.int64)
+        bar_offsets = np.flatnonzero(ids == self.grammar.bar_id)
+        alone_ids = standalone_bars(ids, bar_offsets, self.markers, len(bar_offsets) - bars, len(bar_offsets))
+        return self.tokenizer.decode([alone_ids.tolist()])
 
     def bars_ticks(self, ids: list[int], tpq: int) -> int:
         """The length in ticks of the bars of `ids` (every Bar is followed by its TimeSig), as miditok decodes them."""

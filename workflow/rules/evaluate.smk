@@ -1,0 +1,30 @@
+# Evaluation: the run's best checkpoint on the test windows -> results/eval/{train.run}/ (`snakemake evaluate`).
+
+EVAL_DIR = f"results/eval/{config['train']['run']}"
+
+
+rule evaluate:
+    input:
+        done=rules.train.output.done,
+        train="results/windows/train",
+        test="results/windows/test",
+        kernel_build=rules.kernels.output.build,
+    output:
+        report=f"{EVAL_DIR}/report.md",
+        html=f"{EVAL_DIR}/report.html",
+        metrics=f"{EVAL_DIR}/metrics.json",
+        samples=directory(f"{EVAL_DIR}/samples"),
+    params:
+        run_dir=RUN_DIR,
+        eval_dir=EVAL_DIR,
+    threads: 1  # one token of K samples at a time: too little work to share between threads
+    resources:
+        gpu=min(train_gpus(config), 1),  # one device is plenty to sample K streams
+    log:
+        f"results/logs/evaluate/{config['train']['run']}.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{config['train']['run']}.tsv"
+    conda:
+        "../../envs/pianomuse.yaml"
+    script:
+        "../scripts/evaluate.py"
