@@ -9,6 +9,7 @@ context as the model was trained on it, and the truth is that window's completio
 from __future__ import annotations
 
 import json
+import math
 from functools import partial
 from pathlib import Path
 
@@ -78,6 +79,17 @@ def repeat_last_bars(ids: list[int], bar_id: int, bars: int) -> list[int]:
     return np.concatenate([ids, *(spans[j % len(spans)] for j in range(bars))]).tolist()
 
 
+def nan_to_none(value):
+    """JSON has no NaN (a metric against an empty continuation is one): write null instead."""
+    if isinstance(value, dict):
+        return {key: nan_to_none(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [nan_to_none(item) for item in value]
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def evaluate_run(config: dict, run_dir, train_dir, test_dir, out_dir) -> dict:
     """Everything in the module docstring; returns the results written to metrics.json."""
     cfg, bars = config["evaluate"], config["windows"]["completion_bars"]
@@ -126,6 +138,6 @@ def evaluate_run(config: dict, run_dir, train_dir, test_dir, out_dir) -> dict:
     }
     results["metric_values"] = values
     results["prompts"] = prompts
-    (out_dir / "metrics.json").write_text(json.dumps(results, indent=2))
+    (out_dir / "metrics.json").write_text(json.dumps(nan_to_none(results), indent=2, allow_nan=False))
     write_report(results, out_dir)
     return results
