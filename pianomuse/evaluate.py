@@ -90,16 +90,20 @@ def nan_to_none(value):
     return value
 
 
-def evaluate_run(config: dict, run_dir, train_dir, test_dir, out_dir) -> dict:
-    """Everything in the module docstring; returns the results written to metrics.json."""
-    cfg, bars = config["evaluate"], config["windows"]["completion_bars"]
+def evaluate_run(
+    cfg: dict, bars: int, device_name: str, batch_tokens: int, run_dir, train_dir, test_dir, out_dir
+) -> dict:
+    """Everything in the module docstring; returns the results written to metrics.json.
+
+    `cfg` is the `evaluate` config section; `bars` the windows' completion bars; `batch_tokens` bounds NLL batches.
+    """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    device = resolve_device(config["train"]["device"], 0)
+    device = resolve_device(device_name, 0)
     completer = Completer.load(run_dir / "best.pth", run_dir / "tokenizer.json", str(device))
     train_ds, test_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(test_dir))
     results = {
-        "run": config["train"]["run"],
-        "nll": nll_results(completer, train_ds, test_ds, cfg["nll_windows"], cfg["seed"], config["train"]["batch_tokens"]),
+        "run": run_dir.name,
+        "nll": nll_results(completer, train_ds, test_ds, cfg["nll_windows"], cfg["seed"], batch_tokens),
     }
 
     piece_ids = test_ds["piece_id"]

@@ -17,6 +17,10 @@ rule evaluate:
     params:
         run_dir=RUN_DIR,
         eval_dir=EVAL_DIR,
+        settings=config["evaluate"],
+        completion_bars=config["windows"]["completion_bars"],
+        device=config["train"]["device"],
+        batch_tokens=config["train"]["batch_tokens"],
     threads: 1  # one token of K samples at a time: too little work to share between threads
     resources:
         gpu=min(train_gpus(config), 1),  # one device is plenty to sample K streams
