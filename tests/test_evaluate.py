@@ -12,6 +12,7 @@ import yaml
 from symusic import Note, Score, Track
 from workflow_helpers import copy_workflow, snakemake
 
+from pianomuse.cli import main as cli_main
 from pianomuse.evaluate import choose_prompts, repeat_last_bars
 from pianomuse.metrics import (
     METRICS,
@@ -26,6 +27,7 @@ from pianomuse.metrics import (
     scale_consistency,
     velocity_overlap,
 )
+from pianomuse.tokenizer import load_tokenizer
 
 TPQ = 480
 
@@ -127,3 +129,20 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, maest
     assert not re.search(r"\bnan\b|n/a", markdown, re.IGNORECASE)
     assert html.count("<tr>") == len(table_rows) and "<td></td>" not in html and "n/a" not in html
     assert html.count("<img ") == 4 and markdown.count("![") == 4
+
+    # The trained checkpoint, as a composer would use it: `pianomuse complete` on a real MAESTRO prompt.
+    prompt = maestro_dir / "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.midi"
+    completions = tmp_path / "completions"
+    command = [
+        "complete", str(prompt), "--checkpoint", str(workdir / "results/checkpoints/tiny/best.pth"),
+        "--prompt-bars", "4", "--bars", "2", "--samples", "3", "--temperature", "1.0", "--top-p", "0.95",
+        "--seed", "7", "-o", str(completions),
+    ]
+    assert cli_main(command) == 0
+    tokenizer = load_tokenizer(workdir / "results/checkpoints/tiny/tokenizer.json")
+    for i in range(3):
+        assert (completions / f"sample-{i}.png").stat().st_size > 0
+        full = tokenizer.encode(Score(str(completions / f"sample-{i}.mid")))[0]
+        continuation = tokenizer.encode(Score(str(completions / f"sample-{i}.continuation.mid")))[0]
+        assert tokenizer.tokens_errors(full) == 0 and tokenizer.tokens_errors(continuation) == 0
+        assert full.tokens.count("Bar_None") <= 6 and continuation.tokens.count("Bar_None") <= 2
