@@ -1,0 +1,213 @@
+"""Completion speed: batched forked-state decoding against the `rwkv` package, and per-token latency against GPT-2.
+
+1. K samples of M bars after a P-bar prompt. Ours: `Completer.complete` (prefill once in parallel mode, fork the
+   state K times, decode the K samples as one batch under the REMI grammar mask). Theirs: the `rwkv` PyPI package
+   (RWKV_V7_ON=1, strategy 'cpu fp32') on the same checkpoint, K sequential generations: `forward(prompt, None)`,
+   then one token at a time with plain temperature / top-p sampling (no grammar), each stopped after the mean
+   number of tokens our samples produced, so both sides generate the same number of tokens.
+2. Per-token decode latency (batch 1) after prompts of 256, 4096 and 16384 tokens: RWKV-7 `step` against a
+   same-size GPT-2 (transformers, random init, KV cache). Prefill is not timed, only the decode steps after it.
+
+The checkpoint is a random-init small model (L6 D256, head 64, vocabulary of config.yaml's tokenizer) unless
+--checkpoint names a trained one: speed does not depend on the weights, only on the shapes.
+
+    python bench/bench_complete.py
+    python bench/bench_complete.py --checkpoint results/checkpoints/default/best.pth --threads 2
+"""
+
+from __future__ import annotations
+
+import os
+
+# The rwkv package reads these when imported: v7 support on, no TorchScript / CUDA kernel (plain CPU fp32).
+os.environ["RWKV_V7_ON"] = "1"
+os.environ["RWKV_JIT_ON"] = "0"
+os.environ["RWKV_CUDA_ON"] = "0"
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from symusic import Score
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # tests/midi_factory.py for the synthetic fallback prompt
+
+from pianomuse.complete import Completer  # noqa: E402
+from pianomuse.model import RWKV7, RWKV7Config, load_rwkv_pth, save_rwkv_pth  # noqa: E402
+from pianomuse.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
+
+MAESTRO = Path("/work/shared/data/maestro-v3.0.0")
+
+
+def prompt_score(min_bars: int) -> tuple[Score, str]:
+    """The first MAESTRO piece (sorted paths, so the same one every run) with enough bars, else a synthetic one."""
+    if MAESTRO.is_dir():
+        for path in sorted(MAESTRO.rglob("*.mid*")):
+            score = Score(str(path))
+            if score.tracks and len(score.tracks[0].notes) > 200:
+                return score, f"MAESTRO {path.relative_to(MAESTRO)}"
+    from tests.midi_factory import make_piano_score
+
+    return make_piano_score(bars=min_bars + 8, notes_per_bar=16, seed=0), "synthetic make_piano_score"
+
+
+def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Plain nucleus sampling of one token from [V] logits (the baseline's sampler: no grammar mask)."""
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    sorted_probs, order = torch.sort(probs, descending=True)
+    cumulative = torch.cumsum(sorted_probs, dim=-1)
+    sorted_probs[cumulative - sorted_probs > top_p] = 0  # keep the smallest prefix whose mass reaches top_p
+    choice = torch.multinomial(sorted_probs / sorted_probs.sum(), 1, generator=generator)
+    return int(order[choice])
+
+
+def bench_forked_vs_rwkv_package(args, checkpoint: Path, tokenizer) -> None:
+    completer = Completer(load_rwkv_pth(checkpoint), tokenizer)
+    score, source = prompt_score(args.prompt_bars)
+    prompt = completer.prompt_ids(score, args.prompt_bars)
+    print(f"\n[1] K={args.samples} samples x {args.bars} bars after a {args.prompt_bars}-bar prompt "
+          f"({len(prompt)} tokens, {source})")
+
+    completer.generate(prompt, 1, 1, progress=False)  # warm-up: first-call allocations out of the timing
+    start = time.perf_counter()
+    completion = completer.complete_ids(prompt, args.bars, args.samples, args.temperature, args.top_p,
+                                        seed=0, progress=False)
+    ours_s = time.perf_counter() - start
+    lengths = [len(c) for c in completion.continuation_ids]
+    tokens_each = round(float(np.mean(lengths)))
+    ours_tokens = sum(lengths)
+
+    from rwkv.model import RWKV  # imported here: after the environment variables above
+
+    theirs_model = RWKV(model=str(checkpoint.with_suffix("")), strategy="cpu fp32")
+    generator = torch.Generator().manual_seed(0)
+    theirs_model.forward(prompt[:8], None)  # warm-up
+    start = time.perf_counter()
+    for _ in range(args.samples):
+        # Their normal usage: the prompt through forward() once per sample, then token by token.
+        logits, state = theirs_model.forward(prompt + [completer.grammar.bar_id], None)
+        for _ in range(tokens_each - 1):  # the Bar token already counts as the first generated token, as in ours
+            token = sample_top_p(logits, args.temperature, args.top_p, generator)
+            logits, state = theirs_model.forward([token], state)
+    theirs_s = time.perf_counter() - start
+    theirs_tokens = args.samples * tokens_each
+
+    print(f"tokens per sample: ours {min(lengths)}..{max(lengths)} (mean {np.mean(lengths):.1f}), "
+          f"theirs {tokens_each} each")
+    print(f"{'':44}{'seconds':>10}{'tokens':>9}{'tokens/s':>11}")
+    print(f"{'pianomuse Completer (1 prefill, batched K)':44}{ours_s:>10.2f}{ours_tokens:>9}"
+          f"{ours_tokens / ours_s:>11.1f}")
+    print(f"{'rwkv package, K sequential generations':44}{theirs_s:>10.2f}{theirs_tokens:>9}"
+          f"{theirs_tokens / theirs_s:>11.1f}")
+    print(f"speed-up (theirs s / ours s, token counts {theirs_tokens}/{ours_tokens}): {theirs_s / ours_s:.2f}x "
+          f"(goal >= 5x)")
+
+
+@torch.inference_mode()
+def rwkv_ms_per_token(model: RWKV7, prompt: torch.Tensor, steps: int, chunk: int) -> float:
+    # Prefill in chunks carrying the state: same result as one forward, bounded activation memory.
+    state = None
+    for begin in range(0, prompt.shape[1], chunk):
+        logits, state = model(prompt[:, begin:begin + chunk], state, return_state=True)
+    token = logits[:, -1].argmax(-1)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits, state = model.step(token, state)
+        token = logits.argmax(-1)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+@torch.inference_mode()
+def gpt2_ms_per_token(model, prompt: torch.Tensor, steps: int, chunk: int) -> float:
+    # Chunked prefill through the KV cache, like the RWKV side; decode then attends over the whole cache.
+    past = None
+    for begin in range(0, prompt.shape[1], chunk):
+        out = model(prompt[:, begin:begin + chunk], past_key_values=past, use_cache=True)
+        past = out.past_key_values
+    token = out.logits[:, -1].argmax(-1, keepdim=True)
+    start = time.perf_counter()
+    for _ in range(steps):
+        out = model(token, past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        token = out.logits[:, -1].argmax(-1, keepdim=True)
+    return (time.perf_counter() - start) / steps * 1e3
+
+
+def bench_latency_vs_prompt_length(args, checkpoint: Path, vocab_size: int) -> None:
+    lengths = args.prompt_lengths
+    print(f"\n[2] decode latency, batch 1, {args.steps} steps after the prompt (ms/token; prefill not timed)")
+    rwkv = load_rwkv_pth(checkpoint).eval()
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        torch.manual_seed(0)
+        gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=6, n_embd=256, n_head=4, vocab_size=vocab_size,
+                                          n_positions=max(lengths) + args.steps,
+                                          bos_token_id=None, eos_token_id=None)).eval()
+    except ImportError:
+        gpt2 = None
+        print("GPT-2: skipped: pip install transformers")
+
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for length in lengths:
+        prompt = torch.randint(0, vocab_size, (1, length), generator=generator)  # any valid ids time the same
+        rwkv_ms = rwkv_ms_per_token(rwkv, prompt, args.steps, args.chunk)
+        gpt2_ms = gpt2_ms_per_token(gpt2, prompt, args.steps, args.chunk) if gpt2 is not None else float("nan")
+        rows.append((length, rwkv_ms, gpt2_ms))
+        print(f"  done {length}", file=sys.stderr, flush=True)
+
+    print(f"{'prompt tokens':>14}{'RWKV-7 ms/tok':>15}{'vs first':>10}{'GPT-2 ms/tok':>14}{'vs first':>10}"
+          f"{'GPT-2/RWKV':>12}")
+    for length, rwkv_ms, gpt2_ms in rows:
+        print(f"{length:>14}{rwkv_ms:>15.2f}{rwkv_ms / rows[0][1]:>9.2f}x{gpt2_ms:>14.2f}"
+              f"{gpt2_ms / rows[0][2]:>9.2f}x{gpt2_ms / rwkv_ms:>11.2f}x")
+    print(f"RWKV-7 {lengths[0]} -> {lengths[-1]}: {rows[-1][1] / rows[0][1]:.2f}x (goal <= 1.1x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, help="a trained {name}.pth (default: random-init L6 D256)")
+    parser.add_argument("--tokenizer", type=Path, help="the checkpoint's tokenizer.json (default: config.yaml's)")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--bars", type=int, default=4)
+    parser.add_argument("--prompt-bars", type=int, default=8)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[256, 4096, 16384])
+    parser.add_argument("--steps", type=int, default=64, help="decode steps timed per prompt length")
+    parser.add_argument("--chunk", type=int, default=2048, help="prefill chunk (memory bound, not timed)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--skip", choices=["forked", "latency"], help="leave one of the two benchmarks out")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
+    print(f"machine: {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()}), torch {torch.__version__}, "
+          f"python {sys.version.split()[0]}")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tokenizer:
+            tokenizer = load_tokenizer(args.tokenizer)
+        else:
+            tokenizer = build_tokenizer(**yaml.safe_load((REPO / "config.yaml").read_text())["tokenizer"])
+        checkpoint = args.checkpoint
+        if checkpoint is None:
+            checkpoint = Path(tmp) / "random_l6_d256.pth"
+            save_rwkv_pth(RWKV7(RWKV7Config(vocab_size=len(tokenizer), n_layer=6, n_embd=256, head_size=64)),
+                          checkpoint)
+        print(f"checkpoint: {args.checkpoint or 'random init L6 D256 head 64'}, vocabulary {len(tokenizer)}")
+        if args.skip != "forked":
+            bench_forked_vs_rwkv_package(args, checkpoint, tokenizer)
+        if args.skip != "latency":
+            bench_latency_vs_prompt_length(args, checkpoint, len(tokenizer))
+
+
+if __name__ == "__main__":
+    main()
