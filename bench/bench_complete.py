@@ -38,7 +38,7 @@ from symusic import Score
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/midi_factory.py for the synthetic fallback prompt
 
-from pianomuse.complete import Completer  # noqa: E402
+from pianomuse.complete import Completer, Sampling  # noqa: E402
 from pianomuse.model import RWKV7, RWKV7Config, load_rwkv_pth, save_rwkv_pth  # noqa: E402
 from pianomuse.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
 
@@ -74,10 +74,10 @@ def bench_forked_vs_rwkv_package(args, checkpoint: Path, tokenizer) -> None:
     print(f"\n[1] K={args.samples} samples x {args.bars} bars after a {args.prompt_bars}-bar prompt "
           f"({len(prompt)} tokens, {source})")
 
-    completer.generate(prompt, 1, 1, progress=False)  # warm-up: first-call allocations out of the timing
+    completer.generate(prompt, Sampling(bars=1), progress=False)  # warm-up: first-call allocations out of the timing
     start = time.perf_counter()
-    completion = completer.complete_ids(prompt, args.bars, args.samples, args.temperature, args.top_p,
-                                        seed=0, progress=False)
+    sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, seed=0)
+    completion = completer.complete_ids(prompt, sampling, progress=False)
     ours_s = time.perf_counter() - start
     lengths = [len(c) for c in completion.continuation_ids]
     tokens_each = round(float(np.mean(lengths)))

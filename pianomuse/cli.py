@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pianomuse.complete import Completer, CompletionError
+from pianomuse.complete import Completer, CompletionError, Sampling
 from pianomuse.report import piano_roll
 
 USAGE_ERROR = 2
@@ -70,11 +70,10 @@ def complete(args: argparse.Namespace) -> None:
     prompt_bars = args.prompt_bars if args.from_bar is None else (args.from_bar, args.to_bar)
     if not args.prompt.is_file():
         raise CompletionError(f"prompt file not found: {args.prompt}")
+    sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed)
     torch.set_num_threads(args.threads)
     completer = Completer.load(args.checkpoint, args.tokenizer, args.device)
-    completion = completer.complete(
-        args.prompt, prompt_bars, args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed
-    )
+    completion = completer.complete(args.prompt, prompt_bars, sampling)
     write_outputs(completion, args.output)
     for i, summary in enumerate(completion.summaries):
         print(f"sample-{i}: {summary.notes} notes, {summary.bars} bars, {summary.seconds:.1f} s")

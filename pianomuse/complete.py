@@ -43,6 +43,31 @@ class CompletionError(Exception):
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """How continuations are drawn. Checked when made, so that bad settings fail before any work is done."""
+
+    bars: int = 4  # M, per continuation
+    samples: int = 1  # K
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int | None = None
+    seed: int = 0
+    max_tokens_per_bar: int = MAX_TOKENS_PER_BAR
+
+    def __post_init__(self):
+        if self.bars < 1:
+            raise CompletionError(f"the number of bars to generate must be at least 1, got {self.bars}")
+        if self.samples < 1:
+            raise CompletionError(f"the number of samples must be at least 1, got {self.samples}")
+        if not self.temperature > 0:
+            raise CompletionError(f"temperature must be greater than 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise CompletionError(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.top_k is not None and self.top_k < 1:
+            raise CompletionError(f"top-k must be at least 1, got {self.top_k}")
+
+
+@dataclass(frozen=True)
 class SampleSummary:
     notes: int  # in the continuation
     bars: int  # of the continuation
@@ -68,19 +93,6 @@ def find_tokenizer(checkpoint: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
-
-
-def check_sampling(bars: int, samples: int, temperature: float, top_p: float, top_k: int | None) -> None:
-    if bars < 1:
-        raise CompletionError(f"the number of bars to generate must be at least 1, got {bars}")
-    if samples < 1:
-        raise CompletionError(f"the number of samples must be at least 1, got {samples}")
-    if not temperature > 0:
-        raise CompletionError(f"temperature must be greater than 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise CompletionError(f"top-p must be in (0, 1], got {top_p}")
-    if top_k is not None and top_k < 1:
-        raise CompletionError(f"top-k must be at least 1, got {top_k}")
 
 
 def prompt_range(prompt_bars: int | tuple[int, int] | None, n_bars: int) -> tuple[int, int]:
@@ -143,32 +155,22 @@ class Completer:
         return standalone_bars(ids, bar_offsets, self.markers, first, end).tolist()
 
     @torch.inference_mode()
-    def generate(
-        self,
-        prompt_ids: list[int],
-        bars: int,
-        samples: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int = 0,
-        max_tokens_per_bar: int = MAX_TOKENS_PER_BAR,
-        progress: bool = True,
-    ) -> list[list[int]]:
-        """`samples` continuations of `bars` bars after `prompt_ids`, each starting with its first Bar token."""
-        check_sampling(bars, samples, temperature, top_p, top_k)
+    def generate(self, prompt_ids: list[int], sampling: Sampling, progress: bool = True) -> list[list[int]]:
+        """K continuations of M bars after `prompt_ids`, each starting with its first Bar token."""
+        bars, samples = sampling.bars, sampling.samples
         start = prompt_ids + [self.grammar.bar_id]
         logits, model_state = self.model(torch.tensor([start], device=self.device), return_state=True)
         logits = logits[:, -1].repeat_interleave(samples, dim=0)
         model_state = state_repeat(model_state, samples)
         grammar = GrammarState.after(self.grammar, start).repeat(samples)
         last_bar = grammar.bars + bars - 1  # the Bar count (prompt's included) in the continuation's last bar
-        generators = stream_generators(seed, samples)
+        generators = stream_generators(sampling.seed, samples)
         continuations = [[self.grammar.bar_id] for _ in range(samples)]
         with tqdm(total=samples * bars, desc="bars", unit="bar", initial=samples, disable=not progress) as bar_count:
             while True:
-                mask = allowed(self.grammar, grammar, max_tokens_per_bar)
-                probs = filter_logits(logits.float().cpu().masked_fill(~mask, float("-inf")), temperature, top_k, top_p)
+                mask = allowed(self.grammar, grammar, sampling.max_tokens_per_bar)
+                masked = logits.float().cpu().masked_fill(~mask, float("-inf"))
+                probs = filter_logits(masked, sampling.temperature, sampling.top_k, sampling.top_p)
                 live = (~grammar.finished).nonzero()[:, 0]
                 ids = torch.full((samples,), self.grammar.pad_id)
                 ids[live] = draw(probs, generators, live)
@@ -187,36 +189,16 @@ class Completer:
         self,
         score_or_path: Score | str | Path,
         prompt_bars: int | tuple[int, int] | None = None,
-        bars: int = 4,
-        samples: int = 1,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int = 0,
-        max_tokens_per_bar: int = MAX_TOKENS_PER_BAR,
+        sampling: Sampling = Sampling(),
         progress: bool = True,
     ) -> Completion:
-        """Continue the prompt bars of a score `samples` ways, `bars` bars each (see `prompt_range` for the bars)."""
-        check_sampling(bars, samples, temperature, top_p, top_k)
-        prompt = self.prompt_ids(score_or_path, prompt_bars)
-        return self.complete_ids(prompt, bars, samples, temperature, top_p, top_k, seed, max_tokens_per_bar, progress)
+        """Continue the prompt bars of a score K ways, M bars each (see `prompt_range` for the bars)."""
+        return self.complete_ids(self.prompt_ids(score_or_path, prompt_bars), sampling, progress)
 
-    def complete_ids(
-        self,
-        prompt: list[int],
-        bars: int,
-        samples: int,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        top_k: int | None = None,
-        seed: int = 0,
-        max_tokens_per_bar: int = MAX_TOKENS_PER_BAR,
-        progress: bool = True,
-    ) -> Completion:
+    def complete_ids(self, prompt: list[int], sampling: Sampling, progress: bool = True) -> Completion:
         """`complete` for a prompt already tokenized as a stream of its own (a window's context, say)."""
-        continuations = self.generate(
-            prompt, bars, samples, temperature, top_p, top_k, seed, max_tokens_per_bar, progress
-        )
+        bars = sampling.bars
+        continuations = self.generate(prompt, sampling, progress)
         full, alone, summaries = [], [], []
         for continuation in continuations:
             ids = prompt + continuation

@@ -20,7 +20,7 @@ import torch
 
 from pianomuse.batching import batch_loader, pack_by_length, window_lengths
 from pianomuse.cli import write_outputs
-from pianomuse.complete import Completer
+from pianomuse.complete import Completer, Sampling
 from pianomuse.metrics import METRICS, all_metrics, mean_and_ci
 from pianomuse.report import piano_roll, write_report
 from pianomuse.train import eval_subset, evaluate, resolve_device, unigram_nll
@@ -112,10 +112,8 @@ def evaluate_run(
     for p, window in enumerate(choose_prompts(piece_ids, cfg["prompts"], cfg["seed"])):
         row = test_ds[window]
         context, completion = list(row["context_ids"]), list(row["completion_ids"])
-        sampled = completer.complete_ids(
-            context, bars, cfg["samples"], cfg["temperature"], cfg["top_p"], cfg["top_k"], cfg["seed"] + p,
-            progress=False,
-        )
+        sampling = Sampling(bars, cfg["samples"], cfg["temperature"], cfg["top_p"], cfg["top_k"], cfg["seed"] + p)
+        sampled = completer.complete_ids(context, sampling, progress=False)
         other = test_ds[other_piece_window(piece_ids, window, np.random.default_rng([cfg["seed"], 3, p]))]
         truth = completer.decode_last_bars(context + completion, bars)
         candidates = [(MODEL, continuation) for continuation in sampled.continuations] + [

@@ -18,7 +18,7 @@ from miditok import TokSequence
 import pianomuse.complete as complete_module
 from pianomuse.checkpoint import save_weights
 from pianomuse.cli import main
-from pianomuse.complete import Completer
+from pianomuse.complete import Completer, Sampling
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.sampling import stream_generators
 from pianomuse.tokenizer import (
@@ -73,21 +73,21 @@ def test_random_model_samples_always_decode_with_exactly_m_bars(completer, time_
     """200 streams per time signature (25 seeds x 8 samples), hot sampling, short bars so the budget path runs too."""
     prompt = completer.prompt_ids(make_piano_score(3, 3, time_signature=time_signature, seed=2), 2)
     for seed in range(25):
-        continuations = completer.generate(
-            prompt, bars=2, samples=8, temperature=1.5, seed=seed, max_tokens_per_bar=24, progress=False
-        )
+        sampling = Sampling(bars=2, samples=8, temperature=1.5, seed=seed, max_tokens_per_bar=24)
+        continuations = completer.generate(prompt, sampling, progress=False)
         check_samples(completer, prompt, continuations, bars=2)
 
 
 def test_top_k_and_top_p_keep_samples_valid(completer):
     prompt = completer.prompt_ids(make_piano_score(2, 4), None)
-    continuations = completer.generate(prompt, bars=3, samples=4, top_k=5, top_p=0.5, seed=3, progress=False)
+    continuations = completer.generate(prompt, Sampling(bars=3, samples=4, top_k=5, top_p=0.5, seed=3), progress=False)
     check_samples(completer, prompt, continuations, bars=3)
 
 
 def test_same_seed_same_output_other_seed_other_output(completer, prompt_midi):
     def run(seed):
-        return completer.complete(prompt_midi, 2, bars=2, samples=3, seed=seed, progress=False).continuation_ids
+        completion = completer.complete(prompt_midi, 2, Sampling(bars=2, samples=3, seed=seed), progress=False)
+        return completion.continuation_ids
 
     first = run(7)
     assert run(7) == first
@@ -106,17 +106,17 @@ def test_prompt_is_read_once_and_batched_samples_match_single_ones(completer, mo
         return forward(idx, *args, **kwargs)
 
     monkeypatch.setattr(completer.model, "forward", counting_forward)
-    batched = completer.generate(prompt, bars=2, samples=4, seed=5, progress=False)
+    batched = completer.generate(prompt, Sampling(bars=2, samples=4, seed=5), progress=False)
     assert prompt_reads == [torch.Size([1, len(prompt) + 1])]  # the prompt and the first Bar, once for 4 samples
 
     for i in range(4):
         # Stream i alone, drawing from the generator it had in the batch.
         monkeypatch.setattr(complete_module, "stream_generators", lambda seed, k, i=i: stream_generators(seed, 4)[i:i + 1])
-        assert completer.generate(prompt, bars=2, samples=1, seed=5, progress=False) == [batched[i]]
+        assert completer.generate(prompt, Sampling(bars=2, samples=1, seed=5), progress=False) == [batched[i]]
 
 
 def test_complete_returns_prompt_plus_continuation(completer, prompt_midi):
-    result = completer.complete(prompt_midi, (2, 4), bars=2, samples=2, seed=0, progress=False)
+    result = completer.complete(prompt_midi, (2, 4), Sampling(bars=2, samples=2, seed=0), progress=False)
     assert sum(i == completer.grammar.bar_id for i in result.prompt_ids) == 3
     assert result.continuation_tick == 3 * 4 * result.full[0].tpq  # three 4/4 bars
     for full, alone, summary in zip(result.full, result.continuations, result.summaries, strict=True):
@@ -226,6 +226,6 @@ def test_complete_a_maestro_prompt(maestro_dir, checkpoint, completer, tmp_path,
         alone = completer.tokenizer.encode(str(out / f"sample-{i}.continuation.mid"))
         assert completer.tokenizer.tokens_errors(full[0]) == 0
         assert full[0].tokens.count("Bar_None") <= 6 and alone[0].tokens.count("Bar_None") <= 2
-    result = completer.complete(midi, (3, 6), bars=2, samples=2, seed=0, progress=False)
+    result = completer.complete(midi, (3, 6), Sampling(bars=2, samples=2, seed=0), progress=False)
     check_samples(completer, result.prompt_ids, result.continuation_ids, bars=2)
     assert sum(i == completer.grammar.bar_id for i in result.prompt_ids) == 4
