@@ -8,9 +8,8 @@ import math
 import re
 
 import pytest
-import yaml
 from symusic import Note, Score, Track
-from workflow_helpers import copy_workflow, snakemake
+from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
 from pianomuse.evaluate import choose_prompts, repeat_last_bars
@@ -98,20 +97,14 @@ def test_prompts_take_one_window_per_piece_first_and_are_seeded():
 @pytest.mark.maestro
 def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, maestro_dir):
     workdir = copy_workflow(tmp_path)
-    overrides = {
-        "maestro_dir": str(maestro_dir),
-        "maestro": {"pieces_per_split": 2},
-        "tokenize": {"shards": 1},
-        "augment": {"transpositions": [1]},
+    write_tiny_run_overrides(workdir, maestro_dir, {
         "windows": {"context_bars": 2, "completion_bars": 2, "step": 4, "max_tokens": 1024},
-        "model": {"n_layer": 2, "n_embd": 64, "head_size": 64},
         "train": {
             "run": "tiny", "device": "cpu", "max_steps": 6, "batch_tokens": 4096, "warmup_steps": 2,
             "eval_every": 3, "eval_windows": 8, "log_every": 3, "checkpoint_every": 3, "num_workers": 0,
         },
         "evaluate": {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32},
-    }
-    (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    })
     snakemake(workdir, "evaluate", "--configfile", "overrides.yaml")
 
     out = workdir / "results/eval/tiny"

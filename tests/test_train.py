@@ -20,8 +20,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from workflow_helpers import REPO, copy_workflow, snakemake, write_tiny_run_overrides
 
-from workflow_helpers import REPO, copy_workflow, snakemake
 from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
@@ -287,20 +287,14 @@ def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, tim
 def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, maestro_dir):
     """A tiny run on 2 pieces per split; Snakemake and the training are killed with -9 mid-run and rerun."""
     workdir = copy_workflow(tmp_path)
-    overrides = {
-        "maestro_dir": str(maestro_dir),
-        "maestro": {"pieces_per_split": 2},
-        "tokenize": {"shards": 1},
-        "augment": {"transpositions": [1]},
+    write_tiny_run_overrides(workdir, maestro_dir, {
         "windows": {"context_bars": 2, "completion_bars": 1, "step": 4, "max_tokens": 512},
-        "model": TINY_MODEL,
         "train": {
             "run": "tiny", "device": "cpu", "max_steps": 20, "batch_tokens": 4096, "lr": 3e-3, "min_lr": 3e-4,
             "warmup_steps": 3, "eval_every": 10, "eval_windows": 16, "log_every": 5, "checkpoint_every": 5,
             "num_workers": 1,
         },
-    }
-    (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    })
     command = [sys.executable, "-m", "snakemake", "--cores", "2", "train", "--configfile", "overrides.yaml"]
     run_dir = workdir / "results/checkpoints/tiny"
     first = subprocess.Popen(

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from midi_factory import make_piano_score, write_midi
+
+from pianomuse.config import deep_merge
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "csrc"]
@@ -82,3 +83,16 @@ def serve_as_maestro_zip(source: Path, root: Path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def write_tiny_run_overrides(workdir: Path, maestro_dir: Path, sections: dict) -> None:
+    """`overrides.yaml` for a tiny real-MAESTRO run (2 pieces per split, one shard, one transposition, an L2 D64
+    model) with `sections` (windows, train, evaluate, ...) merged over it."""
+    base = {
+        "maestro_dir": str(maestro_dir),
+        "maestro": {"pieces_per_split": 2},
+        "tokenize": {"shards": 1},
+        "augment": {"transpositions": [1]},
+        "model": {"n_layer": 2, "n_embd": 64, "head_size": 64},
+    }
+    (workdir / "overrides.yaml").write_text(yaml.safe_dump(deep_merge(base, sections)))
