@@ -23,6 +23,7 @@ from pianomuse.cli import write_outputs
 from pianomuse.complete import Completer, Sampling
 from pianomuse.metrics import METRICS, all_metrics, mean_and_ci
 from pianomuse.report import piano_roll, write_report
+from pianomuse.tokens import pitch_token_ids
 from pianomuse.train import eval_subset, evaluate, resolve_device, unigram_nll
 
 MODEL = "RWKV-7"
@@ -35,9 +36,8 @@ def nll_results(completer: Completer, train_ds, test_ds, n_windows: int, seed: i
     device = torch.device(completer.device)
     subset = test_ds.select(eval_subset(window_lengths(test_ds), n_windows, seed)).flatten_indices()
     completion_tokens = pc.list_flatten(subset.data.column("completion_ids")).to_numpy().astype(np.int64)
-    is_pitch = np.zeros(len(completer.tokenizer.vocab), dtype=bool)  # one Pitch token per note in REMI
-    is_pitch[[i for token, i in completer.tokenizer.vocab.items() if token.startswith("Pitch_")]] = True
-    tokens, notes = len(completion_tokens), int(is_pitch[completion_tokens].sum())
+    # One Pitch token per note in REMI, counted as the tokenize stage counts a piece's notes.
+    tokens, notes = len(completion_tokens), int(np.isin(completion_tokens, pitch_token_ids(completer.tokenizer)).sum())
     lengths = window_lengths(subset)
     loader = batch_loader(subset, pack_by_length(np.arange(len(subset)), lengths, batch_tokens),
                           completer.tokenizer.pad_token_id, 0)
