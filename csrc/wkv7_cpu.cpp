@@ -12,7 +12,8 @@
 // The forward stores S every kChunk steps; the backward recomputes one chunk of states at a time from that
 // checkpoint, so memory is O(T / kChunk * N^2) rather than O(T * N^2).
 
-#include <torch/extension.h>
+#include "wkv7_cpu.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -24,14 +25,6 @@ namespace {
 
 constexpr int64_t kChunk = 32;
 
-// GCC builds an AVX2+FMA clone of each per-head loop beside the baseline x86-64 one and picks at load time (about
-// 2.5x faster here), so one build stays portable across the machines that share a kernel cache.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(_WIN32)
-#define WKV7_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define WKV7_VECTOR_CLONES
-#endif
-
 // Dimensions of one call and the pointer offsets of one (batch, head) pair inside [B, T, H, N] tensors.
 struct Shape {
   int64_t batch, steps, heads, size;
@@ -39,27 +32,6 @@ struct Shape {
   int64_t chunks() const { return (steps + kChunk - 1) / kChunk; }
   int64_t head_offset(int64_t bh) const { return (bh / heads) * steps * heads * size + (bh % heads) * size; }
 };
-
-inline float dot(const float* x, const float* y, int64_t n) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += x[j] * y[j];
-  return sum;
-}
-
-// Advances the state by one step in place; stores S_{t-1} a into state_a (length N) and y into y (or skips it).
-inline void advance_state(float* state, const float* decay, const float* r, const float* k, const float* v,
-                          const float* a, const float* b, int64_t n, float* state_a, float* y) {
-  for (int64_t i = 0; i < n; ++i) {
-    float* row = state + i * n;
-    const float sa = dot(row, a, n);
-    const float vi = v[i];
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) row[j] = row[j] * decay[j] + sa * b[j] + vi * k[j];
-    if (state_a) state_a[i] = sa;
-    if (y) y[i] = dot(row, r, n);
-  }
-}
 
 inline void exp_into(const float* w, float* decay, int64_t n) {
   for (int64_t j = 0; j < n; ++j) decay[j] = std::exp(w[j]);
@@ -154,9 +126,11 @@ void check_state(const at::Tensor& state, const Shape& s, const char* what) {
               " must be [B, H, N, N], got ", state.sizes());
 }
 
+}  // namespace
+
 // Returns y [B, T, H, N], the final state [B, H, N, N] and the checkpoints [B, H, ceil(T / kChunk), N, N].
-std::vector<at::Tensor> forward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v, at::Tensor a, at::Tensor b,
-                                at::Tensor state0) {
+std::vector<at::Tensor> wkv7_cpu_forward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v, at::Tensor a,
+                                         at::Tensor b, at::Tensor state0) {
   const Shape s = check_inputs({r, w, k, v, a, b});
   check_state(state0, s, "state0");
   auto y = at::empty_like(r);
@@ -174,8 +148,9 @@ std::vector<at::Tensor> forward(at::Tensor r, at::Tensor w, at::Tensor k, at::Te
 }
 
 // Returns the gradients of r, w, k, v, a, b and the initial state.
-std::vector<at::Tensor> backward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v, at::Tensor a, at::Tensor b,
-                                 at::Tensor checkpoints, at::Tensor grad_y, at::Tensor grad_state_out) {
+std::vector<at::Tensor> wkv7_cpu_backward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v, at::Tensor a,
+                                          at::Tensor b, at::Tensor checkpoints, at::Tensor grad_y,
+                                          at::Tensor grad_state_out) {
   const Shape s = check_inputs({r, w, k, v, a, b, grad_y});
   check_state(grad_state_out, s, "grad_state_out");
   TORCH_CHECK(checkpoints.is_contiguous() && checkpoints.numel() == s.batch * s.heads * s.chunks() * s.size * s.size,
@@ -195,13 +170,4 @@ std::vector<at::Tensor> backward(at::Tensor r, at::Tensor w, at::Tensor k, at::T
   });
   grads.push_back(grad_state0);
   return grads;
-}
-
-}  // namespace
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "WKV-7 recurrence, CPU kernel";
-  m.def("forward", &forward, "WKV-7 forward: (r, w, k, v, a, b, state0) -> (y, state, checkpoints)");
-  m.def("backward", &backward,
-        "WKV-7 backward: (r, w, k, v, a, b, checkpoints, grad_y, grad_state) -> (dr, dw, dk, dv, da, db, dstate0)");
 }

@@ -4,7 +4,6 @@ package runs with the same logits, determinism. Tiny fp32 configs, so that the w
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -13,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pianomuse.kernels import checks
 from pianomuse.model import (
-    UNUSED_LAYER0_KEYS,
     RWKV7,
+    UNUSED_LAYER0_KEYS,
     RWKV7Config,
     head_positions_from_spans,
     load_rwkv_pth,
@@ -28,17 +28,8 @@ TOL = dict(rtol=0, atol=1e-4)  # max-abs, fp32
 
 
 def perturbed_model(seed: int = 0, **overrides) -> RWKV7:
-    """A tiny model with every parameter moved off its initial value.
-
-    The RWKV-LM initialisation zeroes the LoRA down-projections, att.output and ffn.value, which would leave whole
-    paths of the model untested; the noise makes every parameter matter.
-    """
-    torch.manual_seed(seed)
-    model = RWKV7(RWKV7Config(**{"vocab_size": VOCAB, "n_layer": 2, "n_embd": 128, **overrides}))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * (0.5 / math.sqrt(p.shape[-1]) if p.ndim == 2 else 0.1))
-    return model.eval()
+    """A tiny model with every parameter moved off its initial value (see `checks.perturbed_model`)."""
+    return checks.perturbed_model(RWKV7Config(**{"vocab_size": VOCAB, "n_layer": 2, "n_embd": 128, **overrides}), seed)
 
 
 def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Build, load and check the compiled WKV-7 kernels (JIT through torch.utils.cpp_extension and ninja).
 
-`load_kernel` builds on first use into `$PIANOMUSE_KERNEL_DIR` (default `~/.cache/pianomuse/kernels/<torch>`);
+`load_kernel` builds on first use into `$PIANOMUSE_KERNEL_DIR` (default: see `default_build_dir`);
 the Snakemake `kernels` rule calls `build_kernels(build_dir)` and `write_record(record, path)` to build every kernel
 this machine can run, check it against the pure-PyTorch twin and keep a JSON record. On Windows the MSVC
 environment is located with vswhere and imported from vcvars64.bat before building.
@@ -8,6 +8,7 @@ environment is located with vswhere and imported from vcvars64.bat before buildi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import ntpath
 import os
@@ -22,7 +23,10 @@ from typing import Callable, Mapping, MutableMapping
 import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = {"cpu": [CSRC / "wkv7_cpu.cpp"], "cuda": [CSRC / "wkv7_cuda.cu", CSRC / "wkv7_cuda_binding.cpp"]}
+SOURCES = {
+    "cpu": [CSRC / "wkv7_cpu.cpp", CSRC / "rwkv7_decode_cpu.cpp", CSRC / "wkv7_cpu_binding.cpp"],
+    "cuda": [CSRC / "wkv7_cuda.cu", CSRC / "wkv7_cuda_binding.cpp"],
+}
 EXTENSION_NAMES = {"cpu": "pianomuse_wkv7_cpu", "cuda": "pianomuse_wkv7_cuda"}
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 
@@ -127,10 +131,14 @@ def check_cuda_toolkit(cuda_home: str | None, which: Callable[..., str | None] =
 
 
 def default_build_dir() -> Path:
-    """$PIANOMUSE_KERNEL_DIR, else ~/.cache/pianomuse/kernels/torch-<version> (extensions are torch-ABI specific)."""
+    """$PIANOMUSE_KERNEL_DIR, else ~/.cache/pianomuse/kernels/torch-<version>-<hash of the sources>: extensions are
+    torch-ABI specific, and checkouts with different kernel sources must not rebuild over each other's."""
     if os.environ.get("PIANOMUSE_KERNEL_DIR"):
         return Path(os.environ["PIANOMUSE_KERNEL_DIR"])
-    return Path.home() / ".cache" / "pianomuse" / "kernels" / f"torch-{torch.__version__}"
+    digest = hashlib.sha256()
+    for source in sorted(CSRC.iterdir()):
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return Path.home() / ".cache" / "pianomuse" / "kernels" / f"torch-{torch.__version__}-{digest.hexdigest()[:12]}"
 
 
 def _compile(device_type: str, build_dir: Path, verbose: bool):
@@ -223,15 +231,18 @@ def _compiler_version(device_type: str) -> str:
 
 
 def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
-    """Builds the CPU kernel (and the CUDA one where a GPU is visible), checks each against the twin, returns a
-    record: what was built, where, with which compiler, and the maximum errors of the checks."""
-    from pianomuse.kernels.checks import check_kernel
+    """Builds the CPU kernel (and the CUDA one where a GPU is visible), checks each against the twins (the WKV-7
+    recurrence; on the CPU also the whole decoding step), returns a record: what was built, where, with which
+    compiler, and the maximum errors of the checks."""
+    from pianomuse.kernels.checks import check_decode_step, check_kernel
 
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     kernels = []
     for device_type in device_types:
         module = load_kernel(device_type, build_dir, verbose=verbose)
         checks = [check_kernel(module, device_type, torch.float32)]
+        if device_type == "cpu":
+            checks.append(check_decode_step(module))
         if device_type == "cuda":
             checks.append(check_kernel(module, device_type, torch.bfloat16))
         kernels.append(

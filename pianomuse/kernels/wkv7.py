@@ -103,7 +103,7 @@ def _warn_fallback_once(device_type: str, error: Exception) -> None:
         )
 
 
-def _compiled_kernel(device_type: str):
+def compiled_kernel(device_type: str):
     """The compiled kernel for a device type, built on first use; None (after one warning) if that fails."""
     if device_type not in _kernels:
         from pianomuse.kernels.build import load_kernel
@@ -122,7 +122,7 @@ def wkv7(r, w, k, v, a, b, state=None):
     CUDA tensors run the CUDA kernel, CPU tensors the C++ kernel; if that kernel cannot be built or loaded this
     warns once per process and runs `wkv7_reference`. Differentiable w.r.t. all inputs and the initial state.
     """
-    kernel = _compiled_kernel(r.device.type) if r.device.type in ("cpu", "cuda") else None
+    kernel = compiled_kernel(r.device.type) if r.device.type in ("cpu", "cuda") else None
     if kernel is None:
         return wkv7_reference(r, w, k, v, a, b, state)
     return wkv7_compiled(kernel, r, w, k, v, a, b, state)
@@ -135,7 +135,7 @@ def wkv7_step(r, w, k, v, a, b, state):
     """
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (r, w, k, v, a, b, state))
     if r.device.type == "cuda" and not needs_grad:
-        kernel = _compiled_kernel("cuda")
+        kernel = compiled_kernel("cuda")
         if kernel is not None:
             y, state = kernel.step(*_kernel_inputs((r, w, k, v, a, b)), state.to(_STATE_DTYPE).contiguous())
             return y.to(r.dtype), state

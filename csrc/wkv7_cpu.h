@@ -1,0 +1,46 @@
+// Shared by the CPU kernels: the vectorised WKV-7 state update, and the functions the Python binding exposes.
+
+#pragma once
+
+#include <torch/extension.h>
+
+#include <vector>
+
+// GCC builds an AVX2+FMA clone of each per-head loop beside the baseline x86-64 one and picks at load time (about
+// 2.5x faster here), so one build stays portable across the machines that share a kernel cache.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(_WIN32)
+#define WKV7_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define WKV7_VECTOR_CLONES
+#endif
+
+inline float dot(const float* x, const float* y, int64_t n) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += x[j] * y[j];
+  return sum;
+}
+
+// Advances the state by one step in place; stores S_{t-1} a into state_a (length N) and y into y (or skips it).
+inline void advance_state(float* state, const float* decay, const float* r, const float* k, const float* v,
+                          const float* a, const float* b, int64_t n, float* state_a, float* y) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = state + i * n;
+    const float sa = dot(row, a, n);
+    const float vi = v[i];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) row[j] = row[j] * decay[j] + sa * b[j] + vi * k[j];
+    if (state_a) state_a[i] = sa;
+    if (y) y[i] = dot(row, r, n);
+  }
+}
+
+std::vector<at::Tensor> wkv7_cpu_forward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v, at::Tensor a,
+                                         at::Tensor b, at::Tensor state0);
+std::vector<at::Tensor> wkv7_cpu_backward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v, at::Tensor a,
+                                          at::Tensor b, at::Tensor checkpoints, at::Tensor grad_y,
+                                          at::Tensor grad_state_out);
+// One RNN-mode step of a whole RWKV-7 model (csrc/rwkv7_decode_cpu.cpp): returns the logits and advances the
+// state (each block's att_x, wkv, ffn_x) in place.
+at::Tensor rwkv7_cpu_decode_step(at::Tensor idx, const std::vector<at::Tensor>& weights, std::vector<at::Tensor> state,
+                                 int64_t head_size, double ln_eps, double ln_x_eps);
