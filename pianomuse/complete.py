@@ -20,7 +20,8 @@ from miditok.utils import compute_ticks_per_bar
 from symusic import Score, TimeSignature
 from tqdm import tqdm
 
-from pianomuse.model import RWKV7, load_rwkv_pth, state_repeat
+from pianomuse.kernels.decode import decode_step_for
+from pianomuse.model import RWKV7, LayerState, load_rwkv_pth, state_repeat
 from pianomuse.sampling import (
     GrammarState,
     GrammarTables,
@@ -114,6 +115,7 @@ class Completer:
         self.tokenizer = tokenizer
         self.device = device
         self.grammar = GrammarTables.of(tokenizer)
+        self.step = decode_step_for(self.model)  # RWKV7.step, compiled into one call on the CPU
         self.markers = TempoMarkers.of(tokenizer)
 
     @classmethod
@@ -163,27 +165,32 @@ class Completer:
         logits = logits[:, -1].repeat_interleave(samples, dim=0)
         model_state = state_repeat(model_state, samples)
         grammar = GrammarState.after(self.grammar, start).repeat(samples)
-        last_bar = grammar.bars + bars - 1  # the Bar count (prompt's included) in the continuation's last bar
+        last_bar = int(grammar.bars[0]) + bars - 1  # the Bar count (prompt's included) in the continuation's last bar
         generators = stream_generators(sampling.seed, samples)
         continuations = [[self.grammar.bar_id] for _ in range(samples)]
+        streams = list(range(samples))  # the stream of each batch row: a stream leaves the batch when it ends
         with tqdm(total=samples * bars, desc="bars", unit="bar", initial=samples, disable=not progress) as bar_count:
             while True:
                 mask = allowed(self.grammar, grammar, sampling.max_tokens_per_bar)
                 masked = logits.float().cpu().masked_fill(~mask, float("-inf"))
                 probs = filter_logits(masked, sampling.temperature, sampling.top_k, sampling.top_p)
-                live = (~grammar.finished).nonzero()[:, 0]
-                ids = torch.full((samples,), self.grammar.pad_id)
-                ids[live] = draw(probs, generators, live)
+                ids = draw(probs, [generators[stream] for stream in streams])
                 # Bar M+1 is never written: the stream ends where it would start.
                 ending = (ids == self.grammar.bar_id) & (grammar.bars == last_bar)
-                grammar.finished |= ending
-                for row in live[~ending[live]].tolist():
-                    continuations[row].append(int(ids[row]))
-                bar_count.update(int((ids == self.grammar.bar_id).sum() - ending.sum()))
-                if grammar.finished.all():
-                    return continuations
+                for stream, token, ends in zip(streams, ids.tolist(), ending.tolist()):
+                    if not ends:
+                        continuations[stream].append(token)
+                bar_count.update(int(((ids == self.grammar.bar_id) & ~ending).sum()))
+                if ending.any():
+                    keep = ~ending
+                    if not keep.any():
+                        return continuations
+                    streams = [stream for stream, kept in zip(streams, keep.tolist()) if kept]
+                    ids, grammar = ids[keep], grammar.select(keep)
+                    rows = keep.to(self.device)
+                    model_state = [LayerState(*(tensor[rows] for tensor in layer)) for layer in model_state]
                 advance(self.grammar, grammar, ids)
-                logits, model_state = self.model.step(ids.to(self.device), model_state)
+                logits, model_state = self.step(ids.to(self.device), model_state)
 
     def complete(
         self,

@@ -32,7 +32,6 @@ class GrammarTables:
     bar_positions: torch.Tensor  # [V] long: positions per bar of a TimeSig token, -1 elsewhere
     is_pitch: torch.Tensor  # [V] bool
     bar_id: int
-    pad_id: int
     type_ids: dict[str, int]  # type name -> index
 
     @classmethod
@@ -73,7 +72,6 @@ class GrammarTables:
             bar_positions=bar_positions,
             is_pitch=token_type == type_ids["Pitch"],
             bar_id=tokenizer.vocab["Bar_None"],
-            pad_id=tokenizer.pad_token_id,
             type_ids=type_ids,
         )
 
@@ -88,7 +86,6 @@ class GrammarState:
     pitches_here: torch.Tensor  # [K, V] bool: Pitch ids already played at the current position
     bars: torch.Tensor  # Bar tokens seen
     tokens_in_bar: torch.Tensor  # tokens since the last Bar
-    finished: torch.Tensor  # bool: the stream has ended (only PAD may follow)
 
     @classmethod
     def after(cls, tables: GrammarTables, ids: list[int]) -> GrammarState:
@@ -103,7 +100,6 @@ class GrammarState:
             pitches_here=torch.zeros(1, vocab_size, dtype=torch.bool),
             bars=torch.tensor([1]),
             tokens_in_bar=torch.tensor([0]),
-            finished=torch.tensor([False]),
         )
         for token in ids[1:]:
             advance(tables, state, torch.tensor([token]))
@@ -113,9 +109,13 @@ class GrammarState:
         """Each stream k times, rows in the order of `model.state_repeat`."""
         return GrammarState(**{f.name: getattr(self, f.name).repeat_interleave(k, dim=0) for f in fields(self)})
 
+    def select(self, rows: torch.Tensor) -> GrammarState:
+        """The streams of the rows a [K] bool mask keeps."""
+        return GrammarState(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
 
 def allowed(tables: GrammarTables, state: GrammarState, max_tokens_per_bar: int) -> torch.Tensor:
-    """[K, V] bool: the ids each stream may take next. A finished stream may take PAD only."""
+    """[K, V] bool: the ids each stream may take next."""
     token_type = tables.token_type
     mask = tables.follows[state.last_type][:, token_type.clamp(min=0)] & (token_type >= 0)
     is_position = tables.position >= 0
@@ -125,26 +125,23 @@ def allowed(tables: GrammarTables, state: GrammarState, max_tokens_per_bar: int)
     over_budget = (state.tokens_in_bar >= max_tokens_per_bar) & mask[:, tables.bar_id]
     mask[over_budget] = False
     mask[over_budget, tables.bar_id] = True
-    mask[state.finished] = False
-    mask[state.finished, tables.pad_id] = True
     return mask
 
 
 def advance(tables: GrammarTables, state: GrammarState, ids: torch.Tensor) -> None:
-    """Move every stream past its token ids[k] (in place); rows already finished are left as they are."""
-    live = ~state.finished
+    """Move every stream past its token ids[k] (in place)."""
     token_type = tables.token_type[ids]
     is_bar = ids == tables.bar_id
     is_position = tables.position[ids] >= 0
     is_timesig = tables.bar_positions[ids] >= 0
-    state.last_type = torch.where(live, token_type, state.last_type)
-    state.position = torch.where(live & is_bar, -1, state.position)
-    state.position = torch.where(live & is_position, tables.position[ids], state.position)
-    state.bar_positions = torch.where(live & is_timesig, tables.bar_positions[ids], state.bar_positions)
-    state.pitches_here[live & (is_bar | is_position)] = False
-    played = live & tables.is_pitch[ids]
+    state.last_type = token_type
+    state.position = torch.where(is_bar, -1, state.position)
+    state.position = torch.where(is_position, tables.position[ids], state.position)
+    state.bar_positions = torch.where(is_timesig, tables.bar_positions[ids], state.bar_positions)
+    state.pitches_here[is_bar | is_position] = False
+    played = tables.is_pitch[ids]
     state.pitches_here[played.nonzero()[:, 0], ids[played]] = True
-    state.bars += (live & is_bar).long()
+    state.bars += is_bar.long()
     state.tokens_in_bar = torch.where(is_bar, 0, state.tokens_in_bar + 1)
 
 
@@ -168,11 +165,11 @@ def stream_generators(seed: int, k: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(k)]
 
 
-def draw(probs: torch.Tensor, generators: list[torch.Generator], rows: torch.Tensor) -> torch.Tensor:
-    """One id per row in `rows` by inverse CDF, each row with a uniform number from its own generator."""
-    uniforms = torch.cat([torch.rand(1, generator=generators[row], dtype=torch.float64) for row in rows.tolist()])
-    cdf = probs[rows].double().cumsum(dim=-1)
+def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    """One id per row of probs [K, V] by inverse CDF, row k with a uniform number from generators[k]."""
+    uniforms = torch.cat([torch.rand(1, generator=generator, dtype=torch.float64) for generator in generators])
+    cdf = probs.double().cumsum(dim=-1)
     picked = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0]
     # A uniform of exactly the total mass would land past the end; the last id with mass is the right answer then.
-    last_with_mass = probs.shape[-1] - 1 - (probs[rows] > 0).flip(-1).long().argmax(dim=-1)
+    last_with_mass = probs.shape[-1] - 1 - (probs > 0).flip(-1).long().argmax(dim=-1)
     return torch.minimum(picked, last_with_mass)

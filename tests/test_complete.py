@@ -19,6 +19,7 @@ import pianomuse.complete as complete_module
 from pianomuse.checkpoint import save_weights
 from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
+from pianomuse.kernels.decode import CompiledStep
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.sampling import stream_generators
 from pianomuse.tokenizer import (
@@ -113,6 +114,16 @@ def test_prompt_is_read_once_and_batched_samples_match_single_ones(completer, mo
         # Stream i alone, drawing from the generator it had in the batch.
         monkeypatch.setattr(complete_module, "stream_generators", lambda seed, k, i=i: stream_generators(seed, 4)[i:i + 1])
         assert completer.generate(prompt, Sampling(bars=2, samples=1, seed=5), progress=False) == [batched[i]]
+
+
+def test_compiled_decoding_step_samples_what_the_twin_samples(completer, monkeypatch):
+    """The Completer decodes with the compiled CPU step; with `RWKV7.step` in its place the samples are the same."""
+    assert isinstance(completer.step, CompiledStep)
+    prompt = completer.prompt_ids(make_piano_score(2, 4), None)
+    sampling = Sampling(bars=2, samples=4, seed=11)
+    compiled = completer.generate(prompt, sampling, progress=False)
+    monkeypatch.setattr(completer, "step", completer.model.step)
+    assert completer.generate(prompt, sampling, progress=False) == compiled
 
 
 def test_complete_returns_prompt_plus_continuation(completer, prompt_midi):
