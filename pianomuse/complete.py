@@ -25,11 +25,11 @@ from pianomuse.model import RWKV7, LayerState, load_rwkv_pth, state_repeat
 from pianomuse.sampling import (
     GrammarState,
     GrammarTables,
+    StreamUniforms,
     advance,
     allowed,
     draw,
     filter_logits,
-    stream_generators,
 )
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
 from pianomuse.tokens import RejectedPiece, tokenize_score
@@ -166,7 +166,7 @@ class Completer:
         model_state = state_repeat(model_state, samples)
         grammar = GrammarState.after(self.grammar, start).repeat(samples)
         last_bar = int(grammar.bars[0]) + bars - 1  # the Bar count (prompt's included) in the continuation's last bar
-        generators = stream_generators(sampling.seed, samples)
+        uniforms = StreamUniforms(sampling.seed, list(range(samples)))
         continuations = [[self.grammar.bar_id] for _ in range(samples)]
         streams = list(range(samples))  # the stream of each batch row: a stream leaves the batch when it ends
         with tqdm(total=samples * bars, desc="bars", unit="bar", initial=samples, disable=not progress) as bar_count:
@@ -174,7 +174,7 @@ class Completer:
                 mask = allowed(self.grammar, grammar, sampling.max_tokens_per_bar)
                 masked = logits.float().cpu().masked_fill(~mask, float("-inf"))
                 probs = filter_logits(masked, sampling.temperature, sampling.top_k, sampling.top_p)
-                ids = draw(probs, [generators[stream] for stream in streams])
+                ids = draw(probs, uniforms.next(streams))
                 # Bar M+1 is never written: the stream ends where it would start.
                 ending = (ids == self.grammar.bar_id) & (grammar.bars == last_bar)
                 for stream, token, ends in zip(streams, ids.tolist(), ending.tolist()):

@@ -160,14 +160,28 @@ def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, t
     return probs
 
 
-def stream_generators(seed: int, k: int) -> list[torch.Generator]:
-    """One generator per stream, seeded from (seed, stream index)."""
-    return [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in range(k)]
+class StreamUniforms:
+    """One uniform number per token for each stream, from the stream's own generator (seeded from the seed and the
+    stream's index). Drawn in blocks: the same numbers as one draw per token, without a generator call per token."""
+
+    BLOCK = 256
+
+    def __init__(self, seed: int, streams: list[int]):
+        self.generators = [torch.Generator().manual_seed(seed * 1_000_003 + stream) for stream in streams]
+        self.block = torch.empty(len(streams), 0, dtype=torch.float64)
+        self.used = 0  # every live stream draws once per step, so one cursor serves them all
+
+    def next(self, rows: list[int]) -> torch.Tensor:
+        """The next number of each listed stream (by position in `streams`), [len(rows)] float64."""
+        if self.used == self.block.shape[1]:
+            self.block = torch.stack([torch.rand(self.BLOCK, generator=g, dtype=torch.float64) for g in self.generators])
+            self.used = 0
+        self.used += 1
+        return self.block[rows, self.used - 1]
 
 
-def draw(probs: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-    """One id per row of probs [K, V] by inverse CDF, row k with a uniform number from generators[k]."""
-    uniforms = torch.cat([torch.rand(1, generator=generator, dtype=torch.float64) for generator in generators])
+def draw(probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One id per row of probs [K, V] by inverse CDF at the row's uniform number in [0, 1)."""
     cdf = probs.double().cumsum(dim=-1)
     picked = torch.searchsorted(cdf, (uniforms * cdf[:, -1])[:, None], right=True)[:, 0]
     # A uniform of exactly the total mass would land past the end; the last id with mass is the right answer then.

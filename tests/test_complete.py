@@ -21,7 +21,7 @@ from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
 from pianomuse.kernels.decode import CompiledStep
 from pianomuse.model import RWKV7, RWKV7Config
-from pianomuse.sampling import stream_generators
+from pianomuse.sampling import StreamUniforms
 from pianomuse.tokenizer import (
     build_tokenizer,
     load_tokenizer,
@@ -112,7 +112,7 @@ def test_prompt_is_read_once_and_batched_samples_match_single_ones(completer, mo
 
     for i in range(4):
         # Stream i alone, drawing from the generator it had in the batch.
-        monkeypatch.setattr(complete_module, "stream_generators", lambda seed, k, i=i: stream_generators(seed, 4)[i:i + 1])
+        monkeypatch.setattr(complete_module, "StreamUniforms", lambda seed, streams, i=i: StreamUniforms(seed, [i]))
         assert completer.generate(prompt, Sampling(bars=2, samples=1, seed=5), progress=False) == [batched[i]]
 
 
