@@ -5,8 +5,9 @@
    (RWKV_V7_ON=1, strategy 'cpu fp32') on the same checkpoint, K sequential generations: `forward(prompt, None)`,
    then one token at a time with plain temperature / top-p sampling (no grammar), each stopped after the mean
    number of tokens our samples produced, so both sides generate the same number of tokens.
-2. Per-token decode latency (batch 1) after prompts of 256, 4096 and 16384 tokens: RWKV-7 `step` against a
-   same-size GPT-2 (transformers, random init, KV cache). Prefill is not timed, only the decode steps after it.
+2. Per-token decode latency (batch 1) after prompts of 256, 4096 and 16384 tokens: the RWKV-7 step the Completer
+   uses (compiled on the CPU) against a same-size GPT-2 (transformers, random init, KV cache). Prefill is not timed,
+   only the decode steps after it.
 
 The checkpoint is a random-init small model (L6 D256, head 64, vocabulary of config.yaml's tokenizer) unless
 --checkpoint names a trained one: speed does not depend on the weights, only on the shapes.
@@ -39,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/midi_factory.py for the synthetic fallback prompt
 
 from pianomuse.complete import Completer, Sampling  # noqa: E402
+from pianomuse.kernels.decode import decode_step_for  # noqa: E402
 from pianomuse.model import RWKV7, RWKV7Config, load_rwkv_pth, save_rwkv_pth  # noqa: E402
 from pianomuse.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
 
@@ -116,9 +118,10 @@ def rwkv_ms_per_token(model: RWKV7, prompt: torch.Tensor, steps: int, chunk: int
     for begin in range(0, prompt.shape[1], chunk):
         logits, state = model(prompt[:, begin:begin + chunk], state, return_state=True)
     token = logits[:, -1].argmax(-1)
+    step = decode_step_for(model)  # the step the Completer decodes with
     start = time.perf_counter()
     for _ in range(steps):
-        logits, state = model.step(token, state)
+        logits, state = step(token, state)
         token = logits.argmax(-1)
     return (time.perf_counter() - start) / steps * 1e3
 

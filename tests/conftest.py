@@ -28,3 +28,17 @@ def tokenizer_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
     save_tokenizer(build_tokenizer(**settings), path)
     return path
+
+
+@pytest.fixture
+def kernel_build_fails(monkeypatch):
+    """Every compiled-kernel build fails with "no compiler here", and no kernel or warning is cached yet."""
+    import pianomuse.kernels.build as kernel_build
+    import pianomuse.kernels.wkv7 as wkv7_module
+
+    def broken_loader(device_type, build_dir=None):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(kernel_build, "load_kernel", broken_loader)
+    monkeypatch.setattr(wkv7_module, "_kernels", {})
+    monkeypatch.setattr(wkv7_module, "_fallback_warned", False)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import pianomuse.kernels.build as kernel_build
-import pianomuse.kernels.wkv7 as wkv7_module
 from pianomuse.kernels.checks import perturbed_model
 from pianomuse.kernels.decode import CompiledStep, decode_step_for
 from pianomuse.model import RWKV7, RWKV7Config, state_repeat
@@ -78,13 +77,7 @@ def test_decode_step_for_uses_the_compiled_step_on_cpu_fp32_only(cpu_kernel):
     assert decode_step_for(bf16) == bf16.step
 
 
-def test_decode_step_for_falls_back_to_the_twin_with_a_warning(monkeypatch):
-    def broken_loader(device_type, build_dir=None):
-        raise RuntimeError("no compiler here")
-
-    monkeypatch.setattr(kernel_build, "load_kernel", broken_loader)
-    monkeypatch.setattr(wkv7_module, "_kernels", {})
-    monkeypatch.setattr(wkv7_module, "_fallback_warned", False)
+def test_decode_step_for_falls_back_to_the_twin_with_a_warning(kernel_build_fails):
     model = RWKV7(RWKV7Config(vocab_size=200, n_layer=1, n_embd=64, head_size=32))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

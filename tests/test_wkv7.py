@@ -9,7 +9,6 @@ import pytest
 import torch
 
 import pianomuse.kernels.build as kernel_build
-import pianomuse.kernels.wkv7 as wkv7_module
 from pianomuse.kernels.checks import TOLERANCE, outputs_and_grads, random_wkv7_inputs, relative_errors
 from pianomuse.kernels.wkv7 import wkv7, wkv7_compiled, wkv7_reference, wkv7_step
 
@@ -108,13 +107,7 @@ def test_step_composed_over_time_equals_wkv7(cpu_kernel):
     torch.testing.assert_close(step_state, state, rtol=1e-4, atol=1e-4)
 
 
-def test_fallback_to_reference_warns_once(monkeypatch):
-    def broken_loader(device_type, build_dir=None):
-        raise RuntimeError("no compiler here")
-
-    monkeypatch.setattr(kernel_build, "load_kernel", broken_loader)
-    monkeypatch.setattr(wkv7_module, "_kernels", {})
-    monkeypatch.setattr(wkv7_module, "_fallback_warned", False)
+def test_fallback_to_reference_warns_once(kernel_build_fails):
     inputs = random_wkv7_inputs(1, 5, 2, 8, seed=9)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
