@@ -83,7 +83,7 @@ struct HeadInputs {
 // head's first channel); y receives the gated output.
 WKV7_VECTOR_CLONES void time_mix_head(const HeadInputs& in, const float* const* p, int64_t n, float ln_x_eps,
                                       float* state, float* y, float* scratch) {
-  static const float kDecayScale = std::exp(-0.5f);  // log decay = -exp(-0.5) * sigmoid(z), as in model.py
+  constexpr float kDecayScale = 0.60653066f;  // exp(-0.5): log decay = -exp(-0.5) * sigmoid(z), as in model.py
   float *decay = scratch, *iclr = scratch + n, *kk = scratch + 2 * n, *a = scratch + 3 * n, *b = scratch + 4 * n,
         *k = scratch + 5 * n;
   float norm = 0.f;
