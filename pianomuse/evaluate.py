@@ -1,6 +1,7 @@
 """Evaluate a trained run on the test windows: completion NLL against a unigram baseline, and musical metrics of
-sampled continuations against the true ones, beside two baselines (repeat the prompt's last bars; the bars of
-another test piece). Writes results/eval/{run}/: metrics.json, report.md, report.html and samples/.
+sampled continuations against the true ones, beside two baselines (repeat the prompt's last bars, the prompt cycled
+when it has fewer than M; the bars of another test piece). Writes results/eval/{run}/: metrics.json, report.md,
+report.html and samples/.
 
 The NLL is scored exactly as training scores validation (`pianomuse.train.evaluate`). A prompt is a test window's
 context as the model was trained on it, and the truth is that window's completion.
@@ -17,6 +18,7 @@ import datasets
 import numpy as np
 import pyarrow.compute as pc
 import torch
+from miditok import TokSequence
 
 from pianomuse.batching import batch_loader, pack_by_length, window_lengths
 from pianomuse.cli import write_outputs
@@ -106,18 +108,23 @@ def evaluate_run(
         "nll": nll_results(completer, train_ds, test_ds, cfg["nll_windows"], cfg["seed"], batch_tokens),
     }
 
-    piece_ids = test_ds["piece_id"]
+    piece_ids, bar_id = test_ds["piece_id"], completer.grammar.bar_id
     values = {system: {name: [] for name in METRICS} for system in [MODEL, REPEAT, OTHER_PIECE]}
     prompts = []
     for p, window in enumerate(choose_prompts(piece_ids, cfg["prompts"], cfg["seed"])):
         row = test_ds[window]
         context, completion = list(row["context_ids"]), list(row["completion_ids"])
+        if completion.count(bar_id) != bars:
+            raise ValueError(
+                f"test window {window} has a {completion.count(bar_id)}-bar completion, not the {bars} bars asked for: "
+                "the windows were built with other settings"
+            )
         sampling = Sampling(bars, cfg["samples"], cfg["temperature"], cfg["top_p"], cfg["top_k"], cfg["seed"] + p)
         sampled = completer.complete_ids(context, sampling, progress=False)
         other = test_ds[other_piece_window(piece_ids, window, np.random.default_rng([cfg["seed"], 3, p]))]
         truth = completer.decode_last_bars(context + completion, bars)
         candidates = [(MODEL, continuation) for continuation in sampled.continuations] + [
-            (REPEAT, completer.decode_last_bars(repeat_last_bars(context, completer.grammar.bar_id, bars), bars)),
+            (REPEAT, completer.decode_last_bars(repeat_last_bars(context, bar_id, bars), bars)),
             (OTHER_PIECE, completer.decode_last_bars(list(other["context_ids"]) + list(other["completion_ids"]), bars)),
         ]
         for system, candidate in candidates:
@@ -130,11 +137,17 @@ def evaluate_run(
         truth_full.dump_midi(str(sample_dir / "truth.mid"))
         piano_roll(truth_full, sampled.continuation_tick, sample_dir / "truth.png", f"prompt {p}: true continuation")
         prompts.append({
-            "piece_id": row["piece_id"], "start_bar": row["start_bar"],
+            "piece_id": row["piece_id"], "start_bar": row["start_bar"], "prompt_bars": context.count(bar_id),
+            # Measured on the sampled ids: a MIDI file keeps no trailing empty bars to count.
+            "sample_bars": [ids.count(bar_id) for ids in sampled.continuation_ids],
+            "sample_token_errors": [
+                completer.tokenizer.tokens_errors(TokSequence(ids=context + ids)) for ids in sampled.continuation_ids
+            ],
             "sample_png": str((sample_dir / "sample-0.png").relative_to(out_dir)),
             "truth_png": str((sample_dir / "truth.png").relative_to(out_dir)),
         })
 
+    results["continuation_bars"] = bars
     results["metrics"] = {
         system: {name: mean_and_ci(v, cfg["seed"]) for name, v in by_name.items()} for system, by_name in values.items()
     }

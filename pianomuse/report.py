@@ -51,6 +51,10 @@ def interval(summary: list) -> str:
     return f"{number(mean)} [{number(low)}, {number(high)}] (n={n})"
 
 
+def prompt_name(prompt: dict) -> str:
+    return f"{prompt['piece_id']} from bar {prompt['start_bar'] + 1}"
+
+
 def report_tables(results: dict) -> list[Table]:
     nll = results["nll"]
     tables = [
@@ -64,13 +68,31 @@ def report_tables(results: dict) -> list[Table]:
     ]
     systems = list(results["metrics"])
     metric_names = list(results["metrics"][systems[0]])
+    bars = results["continuation_bars"]
     tables.append(
         Table(
             "Musical metrics against the true continuation",
-            "mean [95% bootstrap interval] (n = values); perfect: 1 for overlaps, similarities, ratios and scale "
-            "consistency, 0 for the pitch range difference",
+            "mean [95% bootstrap interval] (n = values; a ratio against a truth with no notes, or fewer than two "
+            "onsets, is undefined and left out); perfect: 1 for overlaps, similarities, ratios and scale consistency, "
+            f"0 for the pitch range difference. Baselines: the prompt's last {bars} bars played again (the whole "
+            f"prompt cycled when it has fewer bars), and the {bars} bars that follow a test prompt of another piece",
             ["metric", *systems],
             [[name, *(interval(results["metrics"][s][name]) for s in systems)] for name in metric_names],
+        )
+    )
+    tables.append(
+        Table(
+            "Prompts and samples",
+            "bars counted in the sampled ids (a MIDI file keeps no trailing empty bar); token errors: miditok's "
+            "tokens_errors of prompt + continuation, the share of tokens that may not follow the ones before (0: none)",
+            ["prompt", "prompt bars", "bars per sample", "token errors per sample"],
+            [
+                [
+                    prompt_name(p), str(p["prompt_bars"]), ", ".join(map(str, p["sample_bars"])),
+                    ", ".join(f"{errors:g}" for errors in p["sample_token_errors"]),
+                ]
+                for p in results["prompts"]
+            ],
         )
     )
     tables.append(
@@ -79,7 +101,7 @@ def report_tables(results: dict) -> list[Table]:
             "blue: the prompt, orange: the continuation",
             ["prompt", "model sample 0", "true continuation"],
             [
-                [f"{p['piece_id']} from bar {p['start_bar'] + 1}", ("image", p["sample_png"]), ("image", p["truth_png"])]
+                [prompt_name(p), ("image", p["sample_png"]), ("image", p["truth_png"])]
                 for p in results["prompts"]
             ],
         )

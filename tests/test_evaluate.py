@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 
+import datasets
 import pytest
 from symusic import Note, Score, Track
 from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
@@ -93,17 +95,48 @@ def test_prompts_take_one_window_per_piece_first_and_are_seeded():
     assert len(set(choose_prompts(pieces, 11, seed=0))) == 11
 
 
+TINY_TRAIN = {
+    "device": "cpu", "max_steps": 6, "batch_tokens": 4096, "warmup_steps": 2, "eval_every": 3, "eval_windows": 8,
+    "log_every": 3, "checkpoint_every": 3, "num_workers": 0,
+}
+TINY_EVALUATE = {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32}
+# The stages that no windows, train or evaluate setting changes: the tiny run's tokens, transpositions and kernels.
+SHARED_STAGES = [
+    "results/tokens/test/shard-0.parquet", "results/augment/train/shard-0.parquet", "results/kernels/kernels.json"
+]
+
+
+@pytest.fixture(scope="module")
+def tokenized_workflow(tmp_path_factory, maestro_dir) -> Path:
+    """One workflow copy for this module's tiny real-MAESTRO runs, with SHARED_STAGES done. Each test writes its
+    overrides and runs `evaluate`, which rebuilds the windows for its settings; the runs have their own names, so
+    the checkpoints and reports of one never stand in for another's, whichever test runs first."""
+    workdir = copy_workflow(tmp_path_factory.mktemp("tiny-runs"))
+    write_tiny_run_overrides(workdir, maestro_dir, {})
+    snakemake(workdir, *SHARED_STAGES, "--configfile", "overrides.yaml")
+    return workdir
+
+
+def assert_report_filled(out: Path, prompts: int) -> None:
+    """report.md and report.html hold the four tables, every cell filled, nothing undefined, one image per cell."""
+    markdown, html = (out / "report.md").read_text(), (out / "report.html").read_text()
+    table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert len(table_rows) == (1 + 2) + (1 + len(METRICS)) + 2 * (1 + prompts)  # header and rows of each table
+    for line in table_rows:
+        assert all(cell.strip() for cell in line.strip("|").split(" | ")), line
+    assert not re.search(r"\bnan\b|n/a", markdown, re.IGNORECASE)
+    assert html.count("<tr>") == len(table_rows) and "<td></td>" not in html and "n/a" not in html
+    assert html.count("<img ") == 2 * prompts and markdown.count("![") == 2 * prompts
+
+
 @pytest.mark.slow
 @pytest.mark.maestro
-def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, maestro_dir):
-    workdir = copy_workflow(tmp_path)
+def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, tokenized_workflow, maestro_dir):
+    workdir = tokenized_workflow
     write_tiny_run_overrides(workdir, maestro_dir, {
         "windows": {"context_bars": 2, "completion_bars": 2, "step": 4, "max_tokens": 1024},
-        "train": {
-            "run": "tiny", "device": "cpu", "max_steps": 6, "batch_tokens": 4096, "warmup_steps": 2,
-            "eval_every": 3, "eval_windows": 8, "log_every": 3, "checkpoint_every": 3, "num_workers": 0,
-        },
-        "evaluate": {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32},
+        "train": {**TINY_TRAIN, "run": "tiny"},
+        "evaluate": TINY_EVALUATE,
     })
     snakemake(workdir, "evaluate", "--configfile", "overrides.yaml")
 
@@ -111,17 +144,11 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, maest
     results = json.loads((out / "metrics.json").read_text())
     assert set(results["nll"]["models"]) == {"RWKV-7", "unigram"}
     assert len(results["metric_values"]["RWKV-7"]["pitch-class overlap"]) == 4  # P x K
+    assert [(p["prompt_bars"], p["sample_bars"]) for p in results["prompts"]] == [(2, [2, 2])] * 2
     for p in range(2):
         for name in ["sample-0.mid", "sample-1.mid", "sample-0.png", "sample-1.png", "truth.mid", "truth.png"]:
             assert (out / f"samples/prompt-{p}" / name).is_file(), name
-    markdown, html = (out / "report.md").read_text(), (out / "report.html").read_text()
-    table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert len(table_rows) == (1 + 2) + (1 + len(METRICS)) + (1 + 2)  # header and rows of each table
-    for line in table_rows:
-        assert all(cell.strip() for cell in line.strip("|").split(" | ")), line
-    assert not re.search(r"\bnan\b|n/a", markdown, re.IGNORECASE)
-    assert html.count("<tr>") == len(table_rows) and "<td></td>" not in html and "n/a" not in html
-    assert html.count("<img ") == 4 and markdown.count("![") == 4
+    assert_report_filled(out, prompts=2)
 
     # The trained checkpoint, as a composer would use it: `pianomuse complete` on a real MAESTRO prompt.
     prompt = maestro_dir / "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.midi"
@@ -139,3 +166,33 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, maest
         continuation = tokenizer.encode(Score(str(completions / f"sample-{i}.continuation.mid")))[0]
         assert tokenizer.tokens_errors(full) == 0 and tokenizer.tokens_errors(continuation) == 0
         assert full.tokens.count("Bar_None") <= 6 and continuation.tokens.count("Bar_None") <= 2
+
+
+@pytest.mark.slow
+@pytest.mark.maestro
+def test_mirex_preset_evaluates_4_bar_prompts_continued_for_12_bars(tokenized_workflow, maestro_dir):
+    # The preset's own windows and run name: the overrides only shrink training and evaluation.
+    workdir = tokenized_workflow
+    write_tiny_run_overrides(workdir, maestro_dir, {"train": TINY_TRAIN, "evaluate": TINY_EVALUATE})
+    snakemake(workdir, "evaluate", "--configfile", "overrides.yaml", "--config", "preset=mirex")
+
+    tokenizer = load_tokenizer(workdir / "results/tokenizer.json")
+    bar_id = tokenizer.vocab["Bar_None"]
+    for split in ["train", "validation", "test"]:
+        windows = datasets.load_from_disk(str(workdir / "results/windows" / split))
+        assert len(windows) > 0, split
+        assert {ids.count(bar_id) for ids in windows["context_ids"]} == {4}, split
+        assert {ids.count(bar_id) for ids in windows["completion_ids"]} == {12}, split
+
+    out = workdir / "results/eval/mirex"
+    results = json.loads((out / "metrics.json").read_text())
+    assert results["continuation_bars"] == 12 and len(results["prompts"]) == 2
+    for p, prompt in enumerate(results["prompts"]):
+        assert prompt["prompt_bars"] == 4
+        assert prompt["sample_bars"] == [12, 12] and prompt["sample_token_errors"] == [0, 0]
+        for k in range(2):
+            continuation = tokenizer.encode(Score(str(out / f"samples/prompt-{p}/sample-{k}.continuation.mid")))[0]
+            # Re-encoding drops trailing empty bars, so a valid 12-bar continuation may read as fewer.
+            assert tokenizer.tokens_errors(continuation) == 0 and continuation.tokens.count("Bar_None") <= 12
+    assert_report_filled(out, prompts=2)
+    assert "(the whole prompt cycled when it has fewer bars)" in (out / "report.md").read_text()
