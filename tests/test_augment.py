@@ -6,10 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from midi_factory import make_piano_score, write_midi
 from miditok.data_augmentation import augment_score
 from symusic import Score
 
-from midi_factory import make_piano_score, write_midi
 from pianomuse.augment import augment_shard, pitch_shift_table, transpose_ids
 from pianomuse.files import write_parquet_atomic
 from pianomuse.maestro import read_metadata

@@ -6,8 +6,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from workflow_helpers import MAESTRO_CSV_HEADER, fake_maestro, serve_as_maestro_zip
+
 from pianomuse.maestro import MANIFEST_SCHEMA, ensure_maestro, read_manifest, read_metadata, write_manifest
 
 PIECES = [

@@ -6,12 +6,19 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from midi_factory import make_piano_score, write_midi
 from symusic import ControlChange, Score
 
-from midi_factory import make_piano_score, write_midi
 from pianomuse.maestro import read_metadata, write_manifest
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.tokens import REJECTS_SCHEMA, TOKEN_SHARD_SCHEMA, RejectedPiece, shard_index, tokenize_piece, tokenize_shard
+from pianomuse.tokens import (
+    REJECTS_SCHEMA,
+    TOKEN_SHARD_SCHEMA,
+    RejectedPiece,
+    shard_index,
+    tokenize_piece,
+    tokenize_shard,
+)
 
 # On the default tokenizer's grids: 32 velocity bins, 8 positions per beat.
 PITCHES = [60, 64, 67, 72, 48, 55]

@@ -9,13 +9,13 @@ import datasets
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from midi_factory import bar_ticks, make_piano_score, write_midi
 from miditok import TokSequence
 from symusic import ControlChange, Note, Score, Tempo, TimeSignature, Track
+from test_augment import write_token_shard
 
-from midi_factory import bar_ticks, make_piano_score, write_midi
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.windows import build_windows
-from test_augment import write_token_shard
 
 TPQ = 480
 # Each bar of the score with changes: its time signature and the onsets of its notes, in beats. Some bars start

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 from miditok import TokSequence
+from workflow_helpers import REPO, copy_workflow, edit_config, fake_maestro, serve_as_maestro_zip, snakemake
 
 from pianomuse.tokenizer import load_tokenizer
-from workflow_helpers import REPO, copy_workflow, edit_config, fake_maestro, serve_as_maestro_zip, snakemake
 
 TRAIN_VALIDATION_TEST = ["train", "train", "validation", "validation", "test", "test"]
 
