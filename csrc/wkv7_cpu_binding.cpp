@@ -1,5 +1,7 @@
 // Python binding of the CPU kernels (csrc/wkv7_cpu.cpp, csrc/rwkv7_decode_cpu.cpp).
 
+#include <torch/extension.h>
+
 #include "wkv7_cpu.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
