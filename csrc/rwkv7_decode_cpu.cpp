@@ -30,12 +30,10 @@ enum LayerWeight {
   kLayerWeights
 };
 // The per-channel vectors that time_mix_head reads, at the head's channels.
-constexpr int kPerChannel[] = {kW0, kA0, kV0, kKeyScale, kKeyIclr, kBonus, kLnXWeight, kLnXBias};
+constexpr int kPerChannel[] = {kKeyScale, kKeyIclr, kBonus, kLnXWeight, kLnXBias};
 
 const float* data(const Tensor& t) { return t.data_ptr<float>(); }
 float* data(Tensor& t) { return t.data_ptr<float>(); }
-
-inline float sigmoid(float x) { return 1.f / (1.f + std::exp(-x)); }
 
 // Normalises each group of `size` consecutive values of x[0 .. count * size) to zero mean and unit variance, then
 // applies the per-channel affine weight[c] * . + bias[c], c counted modulo `channels` (LayerNorm: size = channels;
@@ -63,34 +61,33 @@ Tensor layer_norm(const Tensor& x, const Tensor& weight, const Tensor& bias, flo
 
 // out[s] = x + (x_prev - x) * mix[s] for each of `mixes` per-channel mixes, over [B, C] rows: token shift by one.
 Tensor token_shift_mixes(const Tensor& x, const Tensor& x_prev, const std::vector<const float*>& mix) {
-  const int64_t rows = x.size(0), channels = x.size(1), numel = rows * channels;
+  const int64_t rows = x.size(0), channels = x.size(1);
   auto out = at::empty({static_cast<int64_t>(mix.size()), rows, channels}, x.options());
-  const float *cur = data(x), *prev = data(x_prev);
   float* o = data(out);
-  for (size_t s = 0; s < mix.size(); ++s)
-    for (int64_t i = 0; i < numel; ++i) o[s * numel + i] = cur[i] + (prev[i] - cur[i]) * mix[s][i % channels];
+  for (size_t s = 0; s < mix.size(); ++s) {
+    for (int64_t row = 0; row < rows; ++row, o += channels) {
+      const float *cur = data(x) + row * channels, *prev = data(x_prev) + row * channels;
+      for (int64_t c = 0; c < channels; ++c) o[c] = cur[c] + (prev[c] - cur[c]) * mix[s][c];
+    }
+  }
   return out;
 }
 
-// The per-channel inputs of one (row, head) pair of a time-mix, as [C]-offset pointers into [B, C] tensors.
+// The inputs of one (row, head) pair of a time-mix, as pointers to its first channel in [B, C] tensors.
 struct HeadInputs {
-  const float *r, *k, *w_lora, *a_lora, *v_lora, *v_first, *g;
+  const float *r, *k, *decay, *iclr, *v_gate, *v_first, *g;  // v_gate: null in block 0 (no value residual)
   float* v;  // the value residual is mixed in place
 };
 
-// The time-mix of one head of one row after its projections: decay, ICLR, value residual, key normalisation, the
-// WKV-7 state update, GroupNorm, the r-k bonus and the output gate. p are the block's weights offset by c0 (the
-// head's first channel); y receives the gated output.
+// The rest of one head's time-mix after its projections and gates: value residual, key normalisation, the WKV-7
+// state update, GroupNorm, the r-k bonus and the output gate. p are the block's weights offset by the head's first
+// channel; y receives the gated output.
 WKV7_VECTOR_CLONES void time_mix_head(const HeadInputs& in, const float* const* p, int64_t n, float ln_x_eps,
                                       float* state, float* y, float* scratch) {
-  constexpr float kDecayScale = 0.60653066f;  // exp(-0.5): log decay = -exp(-0.5) * sigmoid(z), as in model.py
-  float *decay = scratch, *iclr = scratch + n, *kk = scratch + 2 * n, *a = scratch + 3 * n, *b = scratch + 4 * n,
-        *k = scratch + 5 * n;
+  float *kk = scratch, *a = scratch + n, *b = scratch + 2 * n, *k = scratch + 3 * n;
   float norm = 0.f;
   for (int64_t j = 0; j < n; ++j) {
-    decay[j] = std::exp(-kDecayScale * sigmoid(p[kW0][j] + in.w_lora[j]));
-    iclr[j] = sigmoid(p[kA0][j] + in.a_lora[j]);
-    if (in.v_lora) in.v[j] += (in.v_first[j] - in.v[j]) * sigmoid(p[kV0][j] + in.v_lora[j]);
+    if (in.v_gate) in.v[j] += (in.v_first[j] - in.v[j]) * in.v_gate[j];
     kk[j] = in.k[j] * p[kKeyScale][j];
     norm += kk[j] * kk[j];
   }
@@ -99,11 +96,11 @@ WKV7_VECTOR_CLONES void time_mix_head(const HeadInputs& in, const float* const* 
   for (int64_t j = 0; j < n; ++j) {
     kk[j] *= inv_norm;
     a[j] = -kk[j];
-    b[j] = kk[j] * iclr[j];
-    k[j] = in.k[j] * (1.f + (iclr[j] - 1.f) * p[kKeyIclr][j]);
+    b[j] = kk[j] * in.iclr[j];
+    k[j] = in.k[j] * (1.f + (in.iclr[j] - 1.f) * p[kKeyIclr][j]);
     bonus += in.r[j] * k[j] * p[kBonus][j];
   }
-  advance_state(state, decay, in.r, k, in.v, a, b, n, nullptr, y);
+  advance_state(state, in.decay, in.r, k, in.v, a, b, n, nullptr, y);
   normalize_groups(y, y, 1, n, n, p[kLnXWeight], p[kLnXBias], ln_x_eps);
   for (int64_t j = 0; j < n; ++j) y[j] = (y[j] + bonus * in.v[j]) * in.g[j];
 }
@@ -148,27 +145,30 @@ Tensor rwkv7_cpu_decode_step(Tensor idx, const std::vector<Tensor>& weights, std
                                       data(w[kMixA]), data(w[kMixG])});
     Tensor r = at::linear(mixed[0], w[kReceptance]), k = at::linear(mixed[2], w[kKey]);
     Tensor v = at::linear(mixed[3], w[kValue]);
-    Tensor w_lora = at::mm(at::tanh(at::mm(mixed[1], w[kW1])), w[kW2]);
-    Tensor a_lora = at::mm(at::mm(mixed[4], w[kA1]), w[kA2]);
+    // Decay, ICLR and the value-residual gate for all rows at once, with ATen's vectorised sigmoid and exp.
+    constexpr float kDecayScale = 0.60653066f;  // exp(-0.5): log decay = -exp(-0.5) * sigmoid(z), as in model.py
+    Tensor decay = at::mm(at::tanh(at::mm(mixed[1], w[kW1])), w[kW2]);
+    decay.add_(w[kW0]).sigmoid_().mul_(-kDecayScale).exp_();
+    Tensor iclr = at::mm(at::mm(mixed[4], w[kA1]), w[kA2]).add_(w[kA0]).sigmoid_();
     Tensor g = at::mm(at::sigmoid(at::mm(mixed[5], w[kG1])), w[kG2]);
-    Tensor v_lora;
+    Tensor v_gate;
     if (l == 0) {
       v_first = v;  // block 0 mixes no residual in, so v is never written after this
     } else {
-      v_lora = at::mm(at::mm(mixed[3], w[kV1]), w[kV2]);
+      v_gate = at::mm(at::mm(mixed[3], w[kV1]), w[kV2]).add_(w[kV0]).sigmoid_();
     }
 
     Tensor& wkv = state[3 * l + 1];
     Tensor y = at::empty_like(att_in);
     at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
-      std::vector<float> scratch(6 * n);
+      std::vector<float> scratch(4 * n);
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t offset = (bh / heads) * channels + (bh % heads) * n, c0 = (bh % heads) * n;
         const float* head_weights[kLayerWeights] = {};
         for (int i : kPerChannel)
           if (w[i].numel()) head_weights[i] = data(w[i]) + c0;
-        const HeadInputs in{data(r) + offset, data(k) + offset, data(w_lora) + offset, data(a_lora) + offset,
-                            v_lora.defined() ? data(v_lora) + offset : nullptr, data(v_first) + offset,
+        const HeadInputs in{data(r) + offset, data(k) + offset, data(decay) + offset, data(iclr) + offset,
+                            v_gate.defined() ? data(v_gate) + offset : nullptr, data(v_first) + offset,
                             data(g) + offset, data(v) + offset};
         time_mix_head(in, head_weights, n, static_cast<float>(ln_x_eps), data(wkv) + bh * n * n, data(y) + offset,
                       scratch.data());

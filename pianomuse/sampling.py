@@ -27,7 +27,7 @@ class GrammarTables:
     """Per-vocabulary lookups for the grammar, built once from the tokenizer."""
 
     token_type: torch.Tensor  # [V] long: index of the token's type, or -1 for a type the grammar never emits
-    follows: torch.Tensor  # [types, types] bool: type a may be followed by type b
+    may_follow: torch.Tensor  # [types, V] bool: the ids that may follow a token of each type (by type alone)
     position: torch.Tensor  # [V] long: the value of a Position token, -1 elsewhere
     bar_positions: torch.Tensor  # [V] long: positions per bar of a TimeSig token, -1 elsewhere
     is_pitch: torch.Tensor  # [V] bool
@@ -67,7 +67,7 @@ class GrammarTables:
                 bar_positions[i] = int(value.split("/")[0]) * tokenizer.config.max_num_pos_per_beat
         return cls(
             token_type=token_type,
-            follows=follows,
+            may_follow=follows[:, token_type.clamp(min=0)] & (token_type >= 0),
             position=position,
             bar_positions=bar_positions,
             is_pitch=token_type == type_ids["Pitch"],
@@ -116,15 +116,15 @@ class GrammarState:
 
 def allowed(tables: GrammarTables, state: GrammarState, max_tokens_per_bar: int) -> torch.Tensor:
     """[K, V] bool: the ids each stream may take next."""
-    token_type = tables.token_type
-    mask = tables.follows[state.last_type][:, token_type.clamp(min=0)] & (token_type >= 0)
+    mask = tables.may_follow[state.last_type]
     is_position = tables.position >= 0
     position_ok = (tables.position > state.position[:, None]) & (tables.position < state.bar_positions[:, None])
     mask &= ~is_position | position_ok
     mask &= ~state.pitches_here
     over_budget = (state.tokens_in_bar >= max_tokens_per_bar) & mask[:, tables.bar_id]
-    mask[over_budget] = False
-    mask[over_budget, tables.bar_id] = True
+    if over_budget.any():
+        mask[over_budget] = False
+        mask[over_budget, tables.bar_id] = True
     return mask
 
 
