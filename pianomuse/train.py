@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import math
 import os
 import random
@@ -239,6 +240,16 @@ def model_config(config: dict, vocab_size: int) -> RWKV7Config:
     )
 
 
+def windows_fingerprint(*dataset_dirs: str | Path) -> str:
+    """SHA-256 over the Arrow files of saved datasets: a run resumes only on the windows it started on."""
+    digest = hashlib.sha256()
+    for directory in dataset_dirs:
+        for path in sorted(Path(directory).glob("*.arrow")):
+            with open(path, "rb") as f:
+                digest.update(hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()
+
+
 def eval_subset(val_lengths: np.ndarray, n: int, seed: int) -> np.ndarray:
     """A fixed random subset of validation windows, the same at every evaluation."""
     rng = np.random.default_rng([seed, 1_000_003])
@@ -293,6 +304,7 @@ def train(
     step, epoch, batch_in_epoch, best_val, skipped = 0, 0, 0, math.inf, 0
     guard = NonFiniteGuard(cfg["max_nonfinite_steps"])
 
+    data_fingerprint = windows_fingerprint(train_dir, val_dir)
     resume = load_resume_point(run_dir)
     if resume is not None:
         weights, state = resume
@@ -300,6 +312,11 @@ def train(
             raise RuntimeError(
                 f"{run_dir} holds a run of a different model ({state['model_config']}); "
                 "choose another train.run or delete that folder"
+            )
+        if state.get("windows_fingerprint") != data_fingerprint:
+            raise RuntimeError(
+                f"{run_dir} holds a run trained on other windows (the windows were rebuilt since, e.g. after a "
+                "windows/tokenizer/preset change); choose another train.run or delete that folder"
             )
         model.load_state_dict(weights)
         optimizer.load_state_dict(state["optimizer"])
@@ -329,7 +346,7 @@ def train(
         state = {
             "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_val": best_val,
             "skipped_steps": skipped, "nonfinite_in_a_row": guard.in_a_row,
-            "model_config": dataclasses.asdict(mconfig),
+            "model_config": dataclasses.asdict(mconfig), "windows_fingerprint": data_fingerprint,
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         }
         save_resume_point(raw_model, {**info, "step": step, "metrics": extra_metrics}, state, run_dir)

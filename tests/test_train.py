@@ -250,6 +250,16 @@ def test_resuming_a_different_model_is_refused(synthetic_data, tmp_path):
         run(config, synthetic_data, tmp_path)
 
 
+def test_resuming_on_other_windows_is_refused(synthetic_data, tmp_path):
+    run(run_config(), synthetic_data, tmp_path / "run", stop_at_step=1)
+    rebuilt = tmp_path / "rebuilt"
+    shutil.copytree(synthetic_data, rebuilt)
+    shutil.rmtree(rebuilt / "train")
+    datasets.load_from_disk(str(synthetic_data / "train")).select(range(100)).save_to_disk(str(rebuilt / "train"))
+    with pytest.raises(RuntimeError, match="trained on other windows"):
+        run(run_config(), rebuilt, tmp_path / "run")
+
+
 def test_two_process_ddp_on_cpu_trains_and_only_rank_0_writes(synthetic_data, tmp_path):
     config = run_config(devices=2, max_steps=4, eval_every=2)
     launch(config, synthetic_data / "train", synthetic_data / "validation", synthetic_data / "tokenizer.json", tmp_path)
