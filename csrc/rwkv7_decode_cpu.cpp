@@ -2,10 +2,12 @@
 //
 // The twin is RWKV7.step (pianomuse/model.py) and this follows it line for line, fp32 and without autograd. In RNN
 // mode each op works on a handful of rows, so the Python step spends most of its time dispatching ~100 small
-// torch ops per block; here the matrix products go to ATen (BLAS) and everything between them runs as plain loops.
+// torch ops per block; here the matrix products go to small-batch kernels (csrc/small_batch_matmul.h) and
+// everything between them runs as plain loops or whole-batch ATen calls.
 // The state is updated in place: a fresh 0.5 MB WKV state per block and step costs more in page faults than the
 // whole recurrence.
 
+#include "small_batch_matmul.h"
 #include "wkv7_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -105,6 +107,10 @@ WKV7_VECTOR_CLONES void time_mix_head(const HeadInputs& in, const float* const* 
   for (int64_t j = 0; j < n; ++j) y[j] = (y[j] + bonus * in.v[j]) * in.g[j];
 }
 
+// x times an nn.Linear weight [out, in] (x @ w^T), and x times a LoRA matrix [in, out] (x @ w).
+Tensor project(const Tensor& x, const Tensor& w) { return small_batch::matmul(x.contiguous(), w, true); }
+Tensor lora(const Tensor& x, const Tensor& w) { return small_batch::matmul(x.contiguous(), w, false); }
+
 void check_float_cpu(const Tensor& t, const char* what) {
   TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), "rwkv7 decode_step: ", what,
               " must be contiguous float32 CPU tensors");
@@ -143,19 +149,18 @@ Tensor rwkv7_cpu_decode_step(Tensor idx, const std::vector<Tensor>& weights, std
     Tensor mixed = token_shift_mixes(att_in, state[3 * l],
                                      {data(w[kMixR]), data(w[kMixW]), data(w[kMixK]), data(w[kMixV]),
                                       data(w[kMixA]), data(w[kMixG])});
-    Tensor r = at::linear(mixed[0], w[kReceptance]), k = at::linear(mixed[2], w[kKey]);
-    Tensor v = at::linear(mixed[3], w[kValue]);
+    Tensor r = project(mixed[0], w[kReceptance]), k = project(mixed[2], w[kKey]), v = project(mixed[3], w[kValue]);
     // Decay, ICLR and the value-residual gate for all rows at once, with ATen's vectorised sigmoid and exp.
     constexpr float kDecayScale = 0.60653066f;  // exp(-0.5): log decay = -exp(-0.5) * sigmoid(z), as in model.py
-    Tensor decay = at::mm(at::tanh(at::mm(mixed[1], w[kW1])), w[kW2]);
+    Tensor decay = lora(at::tanh(lora(mixed[1], w[kW1])), w[kW2]);
     decay.add_(w[kW0]).sigmoid_().mul_(-kDecayScale).exp_();
-    Tensor iclr = at::mm(at::mm(mixed[4], w[kA1]), w[kA2]).add_(w[kA0]).sigmoid_();
-    Tensor g = at::mm(at::sigmoid(at::mm(mixed[5], w[kG1])), w[kG2]);
+    Tensor iclr = lora(lora(mixed[4], w[kA1]), w[kA2]).add_(w[kA0]).sigmoid_();
+    Tensor g = lora(at::sigmoid(lora(mixed[5], w[kG1])), w[kG2]);
     Tensor v_gate;
     if (l == 0) {
       v_first = v;  // block 0 mixes no residual in, so v is never written after this
     } else {
-      v_gate = at::mm(at::mm(mixed[3], w[kV1]), w[kV2]).add_(w[kV0]).sigmoid_();
+      v_gate = lora(lora(mixed[3], w[kV1]), w[kV2]).add_(w[kV0]).sigmoid_();
     }
 
     Tensor& wkv = state[3 * l + 1];
@@ -174,16 +179,16 @@ Tensor rwkv7_cpu_decode_step(Tensor idx, const std::vector<Tensor>& weights, std
                       scratch.data());
       }
     });
-    x.add_(at::linear(y, w[kOutput]));
+    x.add_(project(y, w[kOutput]));
 
     Tensor ffn_in = layer_norm(x, w[kLn2Weight], w[kLn2Bias], ln_eps);
-    Tensor hidden = at::linear(token_shift_mixes(ffn_in, state[3 * l + 2], {data(w[kFfnMix])})[0], w[kFfnKey]);
+    Tensor hidden = project(token_shift_mixes(ffn_in, state[3 * l + 2], {data(w[kFfnMix])})[0], w[kFfnKey]);
     float* h = data(hidden);
     for (int64_t i = 0; i < hidden.numel(); ++i) h[i] = h[i] > 0.f ? h[i] * h[i] : 0.f;  // relu(.) ** 2
-    x.add_(at::linear(hidden, w[kFfnValue]));
+    x.add_(project(hidden, w[kFfnValue]));
 
     state[3 * l].copy_(att_in);
     state[3 * l + 2].copy_(ffn_in);
   }
-  return at::linear(layer_norm(x, weights[kLnOutWeight], weights[kLnOutBias], ln_eps), weights[kHead]);
+  return project(layer_norm(x, weights[kLnOutWeight], weights[kLnOutBias], ln_eps), weights[kHead]);
 }
