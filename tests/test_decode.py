@@ -22,7 +22,8 @@ def cpu_kernel():
 
 @pytest.mark.parametrize(
     "n_layer, n_embd, head_size, batch",
-    [(1, 64, 32, 1), (3, 128, 64, 5), (2, 256, 64, 8)],
+    # Batches of 1-8 rows, 8 + 4 (two row blocks) and 20 (past the small-batch kernels, through ATen).
+    [(1, 64, 32, 1), (3, 128, 64, 5), (2, 256, 64, 8), (2, 64, 32, 12), (1, 64, 32, 20)],
 )
 @torch.inference_mode()
 def test_compiled_step_follows_the_twin_token_by_token(cpu_kernel, n_layer, n_embd, head_size, batch):
