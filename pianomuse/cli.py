@@ -39,7 +39,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     complete.add_argument("--device", default="cpu")
     complete.add_argument(
         "--threads", type=int, default=1,
-        help="CPU threads (default 1: one token of K samples is too little work to share, and sharing it is slow)",
+        help="CPU threads (default 1: threads wait on each other on a busy machine; more help on an idle one)",
     )
     complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI and PNG files")
     args = parser.parse_args(argv)
