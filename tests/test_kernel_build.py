@@ -107,6 +107,18 @@ def test_default_build_dir_follows_the_environment(monkeypatch, tmp_path):
     assert build.default_build_dir().parts[-3:-1] == ("pianomuse", "kernels")
 
 
+def test_default_build_dir_is_named_by_the_kernel_sources(monkeypatch, tmp_path):
+    monkeypatch.delenv("PIANOMUSE_KERNEL_DIR", raising=False)
+    (tmp_path / "kernel.cpp").write_text("int f() { return 1; }\n")
+    (tmp_path / "kernel.cpp.swp").write_text("editor state")
+    monkeypatch.setattr(build, "CSRC", tmp_path)
+    first = build.default_build_dir()
+    (tmp_path / "kernel.cpp.swp").write_text("other editor state")
+    assert build.default_build_dir() == first  # only sources count
+    (tmp_path / "kernel.cpp").write_text("int f() { return 2; }\n")
+    assert build.default_build_dir() != first and build.default_build_dir().parent == first.parent
+
+
 def test_build_kernels_writes_a_checked_record(tmp_path):
     # The default directory is the one `wkv7` builds into, so a built kernel is reused rather than compiled again.
     record = build.build_kernels(build.default_build_dir())

@@ -29,6 +29,7 @@ SOURCES = {
 }
 EXTENSION_NAMES = {"cpu": "pianomuse_wkv7_cpu", "cuda": "pianomuse_wkv7_cuda"}
 NVCC_FLAGS = ["-O3", "-lineinfo"]
+SOURCE_SUFFIXES = {".cpp", ".cu", ".h", ".cuh"}  # what the kernel cache folder's name hashes (not editor files)
 
 MSVC_HELP = (
     "MSVC was not found. Install Visual Studio 2022 Build Tools with the 'Desktop development with C++' workload "
@@ -131,14 +132,22 @@ def check_cuda_toolkit(cuda_home: str | None, which: Callable[..., str | None] =
 
 
 def default_build_dir() -> Path:
-    """$PIANOMUSE_KERNEL_DIR, else ~/.cache/pianomuse/kernels/torch-<version>-<hash of the sources>: extensions are
-    torch-ABI specific, and checkouts with different kernel sources must not rebuild over each other's."""
+    """$PIANOMUSE_KERNEL_DIR, else ~/.cache/pianomuse/kernels/torch-<version>-py<version>-<hash of the sources>:
+    extensions are torch- and Python-ABI specific, and checkouts with different kernel sources must not rebuild
+    over each other's, while those with the same sources share one build."""
     if os.environ.get("PIANOMUSE_KERNEL_DIR"):
         return Path(os.environ["PIANOMUSE_KERNEL_DIR"])
     digest = hashlib.sha256()
-    for source in sorted(CSRC.iterdir()):
+    for source in sorted(path for path in CSRC.iterdir() if path.suffix in SOURCE_SUFFIXES):
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    return Path.home() / ".cache" / "pianomuse" / "kernels" / f"torch-{torch.__version__}-{digest.hexdigest()[:12]}"
+    python = "".join(platform.python_version_tuple()[:2])
+    name = f"torch-{torch.__version__}-py{python}-{digest.hexdigest()[:12]}"
+    return Path.home() / ".cache" / "pianomuse" / "kernels" / name
+
+
+def use_recorded_kernels(record_path: str | os.PathLike) -> None:
+    """Makes this process load the kernels a build record (the `kernels` rule's) names, rather than build others."""
+    os.environ["PIANOMUSE_KERNEL_DIR"] = json.loads(Path(record_path).read_text())["build_dir"]
 
 
 def _compile(device_type: str, build_dir: Path, verbose: bool):

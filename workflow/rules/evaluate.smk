@@ -8,7 +8,7 @@ rule evaluate:
         done=rules.train.output.done,
         train="results/windows/train",
         test="results/windows/test",
-        kernel_build=rules.kernels.output.build,
+        kernels=rules.kernels.output.record,
     output:
         report=f"{EVAL_DIR}/report.md",
         html=f"{EVAL_DIR}/report.html",

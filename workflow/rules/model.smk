@@ -1,4 +1,9 @@
-# Model stages: compiled WKV-7 kernels (later: training).
+# Model stages: the compiled CPU/CUDA kernels, built and checked against their pure-PyTorch twins.
+#
+# The build goes to the per-user kernel cache, whose folder is named by the torch and Python versions and a hash of
+# csrc/ (pianomuse.kernels.build.default_build_dir): every checkout, workflow copy and `pianomuse complete` with the
+# same sources shares one build instead of compiling again. The record names the folder; train and evaluate load
+# what it names.
 
 
 rule kernels:
@@ -7,7 +12,6 @@ rule kernels:
         sources=sorted(glob.glob(f"{workflow.basedir}/csrc/*") + glob.glob(f"{workflow.basedir}/pianomuse/kernels/*.py")),
     output:
         record="results/kernels/kernels.json",
-        build=directory("results/kernels/build"),
     log:
         "results/logs/kernels.log",
     benchmark:

@@ -17,7 +17,6 @@ rule train:
         validation="results/windows/validation",
         tokenizer=rules.tokenizer.output[0],
         kernels=rules.kernels.output.record,
-        kernel_build=rules.kernels.output.build,
     output:
         done=f"{RUN_DIR}/done.json",
     params:
