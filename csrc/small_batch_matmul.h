@@ -1,9 +1,10 @@
-// Matrix products of a few rows (the streams of one decoding step) by a weight matrix, in one pass over the weights.
+// Matrix products of a few rows (the streams of one decoding step) by a weight matrix: one pass over the weights per
+// 8 rows.
 //
-// With a handful of rows BLAS spends more time packing and re-reading the weights than multiplying: on the dev
-// machine the big products of an L6 D256 step took 2.1 ms at 8 rows through at::linear and 1.3 ms here (1.2 and
-// 0.5 ms at 1 row). Each weight row is loaded once and multiplied into every input row while it is in registers.
-// GCC/Clang vector extensions give 8-float SIMD (AVX2 in the x86-64-v3 clone); elsewhere `matmul` uses ATen.
+// With a handful of rows BLAS spends more time packing and re-reading the weights than multiplying (see the README's
+// completion benchmark). Here each weight row is loaded once and multiplied into up to 8 input rows while it is in
+// registers. GCC/Clang vector extensions give 8-float SIMD (AVX2 in the x86-64-v3 clone on x86-64 GCC); MSVC, and
+// widths that are not a multiple of 8, use ATen. A row's result never depends on how many rows run beside it.
 
 #pragma once
 
@@ -16,8 +17,6 @@
 #include "wkv7_cpu.h"
 
 namespace small_batch {
-
-constexpr int64_t kMaxRows = 16;  // past this BLAS is the better tool
 
 #if defined(__GNUC__) || defined(__clang__)
 #define SMALL_BATCH_VECTORS 1
@@ -85,9 +84,11 @@ inline Kernel plain_kernel(int64_t rows) {
 // x [B, in] times w: w^T for an nn.Linear weight w [out, in] (transposed = true), else w [in, out]. Contiguous
 // float32 CPU tensors.
 inline at::Tensor matmul(const at::Tensor& x, const at::Tensor& w, bool transposed) {
+  TORCH_CHECK(x.dim() == 2 && w.dim() == 2 && x.size(1) == w.size(transposed ? 1 : 0), "small_batch::matmul: ",
+              x.sizes(), " times ", transposed ? "the transpose of " : "", w.sizes(), " does not fit");
 #ifdef SMALL_BATCH_VECTORS
   const int64_t rows = x.size(0), in = x.size(1), out = transposed ? w.size(0) : w.size(1);
-  if (rows <= kMaxRows && (transposed ? in : out) % 8 == 0) {
+  if ((transposed ? in : out) % 8 == 0) {
     auto y = at::empty({rows, out}, x.options());
     const float *xs = x.data_ptr<float>(), *ws = w.data_ptr<float>();
     float* ys = y.data_ptr<float>();

@@ -8,9 +8,10 @@
 
 #include <vector>
 
-// GCC builds an AVX2+FMA clone of each per-head loop beside the baseline x86-64 one and picks at load time (about
-// 2.5x faster here), so one build stays portable across the machines that share a kernel cache.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(_WIN32)
+// GCC (11 or later: the x86-64-v3 name) builds an AVX2+FMA clone of each per-head loop beside the baseline x86-64
+// one and picks at load time (about 2.5x faster here), so one build stays portable across the machines that share a
+// kernel cache.
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && !defined(_WIN32)
 #define WKV7_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define WKV7_VECTOR_CLONES

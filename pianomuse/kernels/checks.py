@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from pianomuse.kernels.decode import CompiledStep
 from pianomuse.kernels.wkv7 import wkv7_compiled, wkv7_reference
-from pianomuse.model import RWKV7, RWKV7Config
+from pianomuse.model import RWKV7, RWKV7Config, state_repeat
 
 INPUT_NAMES = ("r", "w", "k", "v", "a", "b", "state")
 # Maximum error relative to the largest reference magnitude of each compared tensor.
@@ -101,7 +101,8 @@ def check_decode_step(kernel, batch: int = 3, steps: int = 16, seed: int = 0) ->
     generator = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, config.vocab_size, (batch, 8 + steps), generator=generator)
     _, prefilled = model(tokens[:, :8], return_state=True)
-    compiled, state, twin_state = CompiledStep(kernel, model), prefilled, prefilled
+    # The compiled step consumes the state it is given (see decode.Step), so it starts from a copy.
+    compiled, state, twin_state = CompiledStep(kernel, model), state_repeat(prefilled, 1), prefilled
     errors = {"logits": 0.0}
     for t in range(8, 8 + steps):
         twin_logits, twin_state = model.step(tokens[:, t], twin_state)

@@ -15,6 +15,8 @@ import torch
 from pianomuse.kernels.wkv7 import compiled_kernel
 from pianomuse.model import RWKV7, LayerState, State
 
+# (idx [B], state) -> (logits [B, V], the state after idx). A step may consume the state it is given (CompiledStep
+# advances it in place): callers pass each state once and go on with the returned one.
 Step = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
 
 # The order of csrc/rwkv7_decode_cpu.cpp's `LayerWeight`: (module path in a Block, parameter) per slot.
@@ -65,7 +67,8 @@ class CompiledStep:
 
 
 def decode_step_for(model: RWKV7) -> Step:
-    """The fastest RNN step for this model: the compiled one for an fp32 model on the CPU, else `model.step`."""
+    """The fastest inference RNN step for this model (eval mode: no dropout, no autograd): the compiled one for an
+    fp32 model on the CPU, else `model.step`. See `Step`: the state passed in may be consumed."""
     weight = model.emb.weight
     if weight.device.type != "cpu" or weight.dtype != torch.float32:
         return model.step
