@@ -17,6 +17,7 @@ import random
 import shutil
 import subprocess
 import sys
+import warnings
 import time
 from functools import partial
 from pathlib import Path
@@ -246,7 +247,8 @@ def windows_fingerprint(*dataset_dirs: str | Path) -> str:
     for directory in dataset_dirs:
         for path in sorted(Path(directory).glob("*.arrow")):
             with open(path, "rb") as f:
-                digest.update(hashlib.file_digest(f, "sha256").digest())
+                while chunk := f.read(1 << 20):
+                    digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -313,7 +315,9 @@ def train(
                 f"{run_dir} holds a run of a different model ({state['model_config']}); "
                 "choose another train.run or delete that folder"
             )
-        if state.get("windows_fingerprint") != data_fingerprint:
+        if "windows_fingerprint" not in state:
+            warnings.warn(f"{run_dir} was saved without a windows fingerprint (older pianomuse): not checked")
+        elif state["windows_fingerprint"] != data_fingerprint:
             raise RuntimeError(
                 f"{run_dir} holds a run trained on other windows (the windows were rebuilt since, e.g. after a "
                 "windows/tokenizer/preset change); choose another train.run or delete that folder"
