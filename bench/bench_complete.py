@@ -120,12 +120,12 @@ def bench_forked_vs_rwkv_package(args, checkpoint: Path, tokenizer) -> None:
 def fastest_ms_per_step(decode_one, steps: int, chunks: int = 8) -> float:
     """ms per call of decode_one over `steps` calls timed in `chunks` runs; the fastest run counts (noisy machines).
     Decoding goes on from where the last run stopped, so a run is `steps / chunks` more tokens of the same cache."""
-    times = []
+    times, per_run = [], max(1, steps // chunks)
     for _ in range(chunks):
         start = time.perf_counter()
-        for _ in range(steps // chunks):
+        for _ in range(per_run):
             decode_one()
-        times.append((time.perf_counter() - start) / (steps // chunks))
+        times.append((time.perf_counter() - start) / per_run)
     return min(times) * 1e3
 
 

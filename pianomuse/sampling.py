@@ -172,7 +172,8 @@ class StreamUniforms:
         self.used = 0  # every live stream draws once per step, so one cursor serves them all
 
     def next(self, rows: list[int]) -> torch.Tensor:
-        """The next number of each listed stream (by position in `streams`), [len(rows)] float64."""
+        """The next number of each listed stream, [len(rows)] float64; rows are positions in the constructor's
+        `streams`."""
         if self.used == self.block.shape[1]:
             self.block = torch.stack([torch.rand(self.BLOCK, generator=g, dtype=torch.float64) for g in self.generators])
             self.used = 0
