@@ -398,7 +398,8 @@ def train(
                     "grad_norm": f"{grad_norm:.6f}", "skipped_steps": skipped,
                 }
                 metrics.append(row)
-                progress.set_postfix(loss=row["train_loss"], tok_s=row["tokens_per_s"], val=row["val_nll"] or "-")
+                progress.set_postfix(loss=row["train_loss"], tok_s=row["tokens_per_s"], val=row["val_nll"] or "-",
+                                     refresh=False)
                 window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
             if is_writer and (step % cfg["checkpoint_every"] == 0 or step == max_steps):
                 checkpoint({"val_nll": val_nll, "best_val_nll": best_val})
