@@ -184,8 +184,7 @@ Tensor rwkv7_cpu_decode_step(Tensor idx, const std::vector<Tensor>& weights, std
       for (int64_t bh = begin; bh < end; ++bh) {
         const int64_t offset = (bh / heads) * channels + (bh % heads) * n, c0 = (bh % heads) * n;
         const float* head_weights[kLayerWeights] = {};
-        for (int i : kPerChannel)
-          if (w[i].numel()) head_weights[i] = data(w[i]) + c0;
+        for (int i : kPerChannel) head_weights[i] = data(w[i]) + c0;
         const HeadInputs in{data(r) + offset, data(k) + offset, data(decay) + offset, data(iclr) + offset,
                             v_gate.defined() ? data(v_gate) + offset : nullptr, data(v_first) + offset,
                             data(g) + offset, data(v) + offset};

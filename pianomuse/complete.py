@@ -166,9 +166,9 @@ class Completer:
         model_state = state_repeat(model_state, samples)
         grammar = GrammarState.after(self.grammar, start).repeat(samples)
         last_bar = int(grammar.bars[0]) + bars - 1  # the Bar count (prompt's included) in the continuation's last bar
-        uniforms = StreamUniforms(sampling.seed, list(range(samples)))
-        continuations = [[self.grammar.bar_id] for _ in range(samples)]
         streams = list(range(samples))  # the stream of each batch row: a stream leaves the batch when it ends
+        uniforms = StreamUniforms(sampling.seed, streams)
+        continuations = [[self.grammar.bar_id] for _ in range(samples)]
         with tqdm(total=samples * bars, desc="bars", unit="bar", initial=samples, disable=not progress) as bar_count:
             while True:
                 mask = allowed(self.grammar, grammar, sampling.max_tokens_per_bar)

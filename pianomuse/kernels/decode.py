@@ -36,16 +36,14 @@ VECTORS = {"x_r", "x_w", "x_k", "x_v", "x_a", "x_g", "w0", "a0", "v0", "k_k", "k
 def decode_weights(model: RWKV7) -> list[torch.Tensor]:
     """The kernel's flat weight list: views of the model's parameters (no copies), so it sees in-place updates.
     Slots a block lacks (ln0 after block 0, the value residual of block 0) are empty tensors."""
-    empty = torch.empty(0)
     weights = [model.emb.weight, model.ln_out.weight, model.ln_out.bias, model.head.weight]
     for block in model.blocks:
         for module_path, name in LAYER_WEIGHTS:
-            module = block.get_submodule(module_path) if hasattr(block, module_path.split(".")[0]) else None
-            tensor = getattr(module, name, None) if module is not None else None
-            if tensor is None:
-                weights.append(empty)
-            else:
-                weights.append(tensor.reshape(-1) if name in VECTORS else tensor)
+            try:
+                tensor = getattr(block.get_submodule(module_path), name)
+            except AttributeError:  # the block has no such module or parameter
+                tensor = torch.empty(0)
+            weights.append(tensor.reshape(-1) if name in VECTORS else tensor)
     return [w.detach() for w in weights]
 
 
