@@ -71,7 +71,7 @@ def measure(args) -> dict:
     """One variant in this process: peak bytes of the model step and of the head + loss."""
     from pianomuse.batching import collate_windows
     from pianomuse.model import RWKV7, RWKV7Config
-    from pianomuse.train import completion_nll
+    from pianomuse.train import batch_nll
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
@@ -85,7 +85,7 @@ def measure(args) -> dict:
         return torch.randint(4, args.vocab, (n,)).tolist()
 
     windows = [(tokens(args.ctx + 1 - completion), tokens(completion)) for _ in range(args.batch)]
-    batch = collate_windows(windows, pad_id=0).to(device)
+    batch = collate_windows(windows, pad_id=0, scored="completion").to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def full_logits_loss(logits):
@@ -95,7 +95,7 @@ def measure(args) -> dict:
 
     def model_step():
         with autocast:
-            loss = completion_nll(model, batch) if args.variant == "sliced" else full_logits_loss(model(batch.inputs))
+            loss = batch_nll(model, batch) if args.variant == "sliced" else full_logits_loss(model(batch.inputs))
         loss.backward()
 
     model_step()  # warm-up: lazy initialisations and allocator caches must not count as the step's memory

@@ -1,8 +1,9 @@
 """Token-budget batches of bar windows: similar lengths together, so little of each batch is padding.
 
-A window is `context_ids + completion_ids`. The model reads all but its last token and is scored only on the
-predictions of completion tokens, so a batch carries, besides the padded inputs, the flat positions whose hidden
-states reach the head and the tokens they must predict.
+A window is `context_ids + completion_ids`. The model reads all but its last token and is scored on the
+predictions of every token (`scored="window"`, the training default) or of the completion tokens only
+(`scored="completion"`, how validation and test NLL are measured), so a batch carries, besides the padded inputs,
+the flat positions whose hidden states reach the head and the tokens they must predict.
 """
 
 from __future__ import annotations
@@ -67,8 +68,8 @@ def shard_for_rank(batches: list[list[int]], rank: int, world_size: int) -> list
 @dataclass
 class Batch:
     inputs: torch.Tensor  # (B, T) token ids, right-padded
-    head_positions: torch.Tensor  # (N,) flat indices into B*T of positions that predict a completion token
-    targets: torch.Tensor  # (N,) the completion tokens those positions must predict
+    head_positions: torch.Tensor  # (N,) flat indices into B*T of the scored positions
+    targets: torch.Tensor  # (N,) the tokens those positions must predict
     real_tokens: int  # input tokens that are not padding
 
     @property
@@ -79,8 +80,17 @@ class Batch:
         return Batch(self.inputs.to(device), self.head_positions.to(device), self.targets.to(device), self.real_tokens)
 
 
-def collate_windows(windows: list[tuple[list[int], list[int]]], pad_id: int) -> Batch:
-    """Pad (context, completion) windows into a batch. Position t predicts token t+1: the last token is no input."""
+SCORED = ("window", "completion")
+
+
+def collate_windows(windows: list[tuple[list[int], list[int]]], pad_id: int, scored: str) -> Batch:
+    """Pad (context, completion) windows into a batch. Position t predicts token t+1: the last token is no input.
+
+    `scored` picks the predictions that count: every token after the first ("window") or the completion's
+    ("completion").
+    """
+    if scored not in SCORED:
+        raise ValueError(f"scored must be one of {SCORED}, not {scored!r}")
     sequences = [list(context) + list(completion) for context, completion in windows]
     width = max(len(s) for s in sequences) - 1
     inputs = torch.full((len(sequences), width), pad_id, dtype=torch.long)
@@ -88,7 +98,7 @@ def collate_windows(windows: list[tuple[list[int], list[int]]], pad_id: int) -> 
     for row, ((context, _), sequence) in enumerate(zip(windows, sequences)):
         inputs[row, : len(sequence) - 1] = torch.tensor(sequence[:-1])
         # Positions len(context)-1 .. len(sequence)-2 predict the completion tokens.
-        first = len(context) - 1
+        first = len(context) - 1 if scored == "completion" else 0
         head_positions.append(torch.arange(first, len(sequence) - 1) + row * width)
         targets.append(torch.tensor(sequence[first + 1 :]))
     return Batch(
@@ -102,23 +112,26 @@ def collate_windows(windows: list[tuple[list[int], list[int]]], pad_id: int) -> 
 class WindowBatches(torch.utils.data.Dataset):
     """Item i is the collated batch of window indices `batches[i]`, fetched from the memory-mapped Arrow dataset."""
 
-    def __init__(self, dataset, batches: list[list[int]], pad_id: int):
+    def __init__(self, dataset, batches: list[list[int]], pad_id: int, scored: str):
         self.dataset = dataset.select_columns(["context_ids", "completion_ids"])
         self.batches = batches
         self.pad_id = pad_id
+        self.scored = scored
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, i: int) -> Batch:
         rows = self.dataset[self.batches[i]]
-        return collate_windows(list(zip(rows["context_ids"], rows["completion_ids"])), self.pad_id)
+        return collate_windows(list(zip(rows["context_ids"], rows["completion_ids"])), self.pad_id, self.scored)
 
 
-def batch_loader(dataset, batches: list[list[int]], pad_id: int, num_workers: int) -> torch.utils.data.DataLoader:
+def batch_loader(
+    dataset, batches: list[list[int]], pad_id: int, num_workers: int, scored: str
+) -> torch.utils.data.DataLoader:
     """Batches in the given order. No randomness lives in the loader, so resuming mid-epoch is just a slice."""
     return torch.utils.data.DataLoader(
-        WindowBatches(dataset, batches, pad_id),
+        WindowBatches(dataset, batches, pad_id, scored),
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=False,

@@ -42,7 +42,7 @@ def nll_results(completer: Completer, train_ds, test_ds, n_windows: int, seed: i
     tokens, notes = len(completion_tokens), int(np.isin(completion_tokens, pitch_token_ids(completer.tokenizer)).sum())
     lengths = window_lengths(subset)
     loader = batch_loader(subset, pack_by_length(np.arange(len(subset)), lengths, batch_tokens),
-                          completer.tokenizer.pad_token_id, 0)
+                          completer.tokenizer.pad_token_id, 0, scored="completion")
     autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     per_token = {
         MODEL: evaluate(completer.model, loader, device, autocast),

@@ -1,7 +1,8 @@
 """Train RWKV-7 to complete bar windows: resumable, evaluated, deterministic for a given seed.
 
-The loss is the mean NLL of the completion tokens only: the context is read but never scored, and its hidden
-states never reach the head. Run it through Snakemake (`snakemake -c8 train`); with `train.devices > 1` the rule
+The loss is the mean NLL of every next-token prediction in each window (`train.loss: window`), or of the completion
+tokens only (`completion`: the context is read but never scored, and its hidden states never reach the head).
+Validation NLL is always per completion token, so runs with either loss compare. Run it through Snakemake (`snakemake -c8 train`); with `train.devices > 1` the rule
 starts it under torchrun and it trains with DDP, each rank taking its share of the token-budget batches.
 """
 
@@ -90,8 +91,8 @@ def make_optimizer(model: torch.nn.Module, cfg: dict, max_steps: int):
 # Loss and evaluation
 
 
-def completion_nll(model, batch, reduction: str = "mean") -> torch.Tensor:
-    """NLL of the completion tokens; only their positions' hidden states go through the head."""
+def batch_nll(model, batch, reduction: str = "mean") -> torch.Tensor:
+    """NLL of the batch's scored tokens; only their positions' hidden states go through the head."""
     logits = model(batch.inputs, head_positions=batch.head_positions)
     return F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.targets, reduction=reduction)
 
@@ -105,7 +106,7 @@ def evaluate(model, loader, device, autocast) -> float:
     for batch in loader:
         batch = batch.to(device)
         with autocast():
-            total += completion_nll(model, batch, reduction="sum").item()
+            total += batch_nll(model, batch, reduction="sum").item()
         count += batch.targets.numel()
     model.train(was_training)
     return total / count
@@ -144,7 +145,7 @@ def train_step(model, optimizer, batch, grad_clip: float, autocast, world_size: 
     """Forward, backward, clip and update; returns (loss, grad norm, updated). A non-finite step updates nothing."""
     optimizer.zero_grad(set_to_none=True)
     with autocast():
-        loss = completion_nll(model, batch)
+        loss = batch_nll(model, batch)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     loss_value = loss.detach()
@@ -297,7 +298,7 @@ def train(
     max_steps = cfg["max_steps"] or cfg["epochs"] * len(batches_of_epoch(0))
     eval_windows = eval_subset(val_lengths, cfg["eval_windows"], cfg["seed"])
     eval_batches = pack_by_length(eval_windows, val_lengths, cfg["batch_tokens"])
-    eval_loader = batch_loader(val_ds, eval_batches, pad_id, cfg["num_workers"])
+    eval_loader = batch_loader(val_ds, eval_batches, pad_id, cfg["num_workers"], scored="completion")
     full_val_batches = pack_by_length(np.arange(len(val_lengths)), val_lengths, cfg["batch_tokens"])
 
     mconfig = model_config(config, vocab_size)
@@ -362,7 +363,7 @@ def train(
     window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
     while step < max_steps and (stop_at_step is None or step < stop_at_step):
         batches = batches_of_epoch(epoch)
-        for batch in batch_loader(train_ds, batches[batch_in_epoch:], pad_id, cfg["num_workers"]):
+        for batch in batch_loader(train_ds, batches[batch_in_epoch:], pad_id, cfg["num_workers"], cfg["loss"]):
             batch = batch.to(device)
             lr = optimizer.param_groups[0]["lr"]
             loss, grad_norm, finite = train_step(model, optimizer, batch, cfg["grad_clip"], autocast, world_size)
@@ -411,7 +412,7 @@ def train(
 
     summary = {"step": step, "max_steps": max_steps, "best_val_nll_subset": best_val}
     if is_writer:
-        full_val_loader = batch_loader(val_ds, full_val_batches, pad_id, cfg["num_workers"])
+        full_val_loader = batch_loader(val_ds, full_val_batches, pad_id, cfg["num_workers"], scored="completion")
         summary["val_nll"] = evaluate(raw_model, full_val_loader, device, autocast)
         summary["unigram_nll"] = unigram_nll(train_ds, val_ds, vocab_size)
         print(

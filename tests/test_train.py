@@ -1,4 +1,4 @@
-"""Training: token-budget batches, completion-only loss, optimiser and schedule, skipping non-finite steps,
+"""Training: token-budget batches, whole-window and completion-only losses, optimiser and schedule, skipping non-finite steps,
 bit-exact resuming, and a tiny end-to-end run through Snakemake on real MAESTRO pieces."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.train import (
     NonFiniteGuard,
-    completion_nll,
+    batch_nll,
     launch,
     lr_factor,
     optimizer_groups,
@@ -83,7 +83,7 @@ def test_ranks_get_disjoint_equal_shares():
 
 
 def test_collate_selects_exactly_the_positions_that_predict_completion_tokens():
-    batch = collate_windows([([1, 2, 3], [4, 5]), ([6], [7, 8, 9])], pad_id=0)
+    batch = collate_windows([([1, 2, 3], [4, 5]), ([6], [7, 8, 9])], pad_id=0, scored="completion")
     assert batch.inputs.tolist() == [[1, 2, 3, 4], [6, 7, 8, 0]]
     assert batch.head_positions.tolist() == [2, 3, 4, 5, 6]
     assert batch.inputs.view(-1)[batch.head_positions].tolist() == [3, 4, 6, 7, 8]
@@ -91,17 +91,31 @@ def test_collate_selects_exactly_the_positions_that_predict_completion_tokens():
     assert batch.padding_fraction == pytest.approx(1 / 8)
 
 
+def test_collate_for_the_window_loss_scores_every_next_token_and_never_padding():
+    batch = collate_windows([([1, 2, 3], [4, 5]), ([6], [7, 8, 9])], pad_id=0, scored="window")
+    assert batch.inputs.tolist() == [[1, 2, 3, 4], [6, 7, 8, 0]]
+    assert batch.head_positions.tolist() == [0, 1, 2, 3, 4, 5, 6]
+    assert batch.inputs.view(-1)[batch.head_positions].tolist() == [1, 2, 3, 4, 6, 7, 8]
+    assert batch.targets.tolist() == [2, 3, 4, 5, 7, 8, 9]
+
+
+def test_collate_rejects_an_unknown_scoring():
+    with pytest.raises(ValueError, match="scored must be one of"):
+        collate_windows([([1], [2])], pad_id=0, scored="context")
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Loss, optimiser, schedule, non-finite steps
 
 
-def test_completion_only_loss_equals_the_masked_full_logit_loss():
+@pytest.mark.parametrize("scored", ["completion", "window"])
+def test_the_sliced_loss_equals_the_masked_full_logit_loss(scored):
     model = tiny_model().eval()
     rng = np.random.default_rng(0)
     windows = [(rng.integers(1, 50, 30).tolist(), rng.integers(1, 50, n).tolist()) for n in (10, 25, 3)]
-    batch = collate_windows(windows, pad_id=0)
+    batch = collate_windows(windows, pad_id=0, scored=scored)
     with torch.no_grad():
-        sliced = completion_nll(model, batch)
+        sliced = batch_nll(model, batch)
         logits = model(batch.inputs)
     targets = torch.full(batch.inputs.shape, -100).view(-1)
     targets[batch.head_positions] = batch.targets
@@ -137,7 +151,7 @@ def test_a_non_finite_step_updates_nothing_and_too_many_in_a_row_abort():
     with torch.no_grad():
         model.emb.weight[5] = float("nan")
     before = copy.deepcopy(model.state_dict())
-    batch = collate_windows([([5, 6, 7], [8, 9])], pad_id=0)
+    batch = collate_windows([([5, 6, 7], [8, 9])], pad_id=0, scored="window")
     loss, grad_norm, updated = train_step(model, optimizer, batch, 1.0, no_autocast, world_size=1)
     assert not updated and not math.isfinite(loss)
     assert all(torch.equal(before[k].nan_to_num(), v.nan_to_num()) for k, v in model.state_dict().items())
