@@ -9,26 +9,42 @@ import re
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
+import torch
 from symusic import Note, Score, Track
 from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
-from pianomuse.evaluate import choose_prompts, repeat_last_bars
+from pianomuse.evaluate import (
+    choose_prompts,
+    model_window_nll,
+    nll_results,
+    repeat_last_bars,
+    unigram_window_nll,
+)
 from pianomuse.metrics import (
+    IN_KEY_BY_CHANCE,
+    KEY_NAMES,
     METRICS,
     all_metrics,
+    best_key,
     groove_similarity,
     inter_onset_interval_ratio,
+    key_agreement,
     mean_and_ci,
     note_density_ratio,
     pitch_class_overlap,
     pitch_range_difference,
     polyphony_ratio,
+    ratio_and_ci,
     scale_consistency,
     velocity_overlap,
 )
+from pianomuse.model import load_rwkv_pth
 from pianomuse.tokenizer import load_tokenizer
+from pianomuse.tokens import pitch_token_ids
+from pianomuse.train import unigram_nll
 
 TPQ = 480
 
@@ -78,6 +94,65 @@ def test_ratios_against_an_empty_truth_are_nan_and_left_out_of_means():
     assert math.isnan(note_density_ratio(C_MAJOR, empty))
     mean, low, high, n = mean_and_ci([1.0, float("nan"), 3.0], seed=0)
     assert (mean, n) == (2.0, 2) and 1.0 <= low <= mean <= high <= 3.0
+
+
+# Bars of an A-minor figure: A C E held, a passing G# (the leading tone), then the tune down to A.
+A_MINOR = score_of([(0, 2, 57, 64), (0, 4, 45, 64), (2, 1, 60, 64), (3, 1, 64, 64), (4, 1, 68, 64), (5, 1, 69, 64),
+                    (6, 1, 67, 64), (7, 1, 65, 64), (8, 1, 64, 64), (9, 1, 62, 64), (10, 1, 60, 64), (11, 2, 57, 64)])
+
+
+def transposed(score: Score, semitones: int) -> Score:
+    return score.shift_pitch(semitones)
+
+
+def test_key_agreement_in_and_out_of_key():
+    in_key = score_of([(i * 0.5, 0.5, p, 64) for i, p in enumerate([72, 71, 69, 67, 65, 64, 62, 60, 48, 55])])
+    black_keys = score_of([(i, 1, p, 64) for i, p in enumerate([61, 63, 66, 68, 70, 73])])
+    assert KEY_NAMES[best_key(C_MAJOR)] == "C major"
+    assert key_agreement(in_key, C_MAJOR) == 1
+    assert key_agreement(black_keys, C_MAJOR) == 0
+    # One note of each pitch class: exactly the chance level, 7 of 12.
+    chromatic = score_of([(i, 1, 60 + i, 64) for i in range(12)])
+    assert key_agreement(chromatic, C_MAJOR) == IN_KEY_BY_CHANCE == 7 / 12
+    # Half in key, half out: C and G in, F# and C# out.
+    assert key_agreement(score_of([(0, 1, 60, 64), (1, 1, 66, 64), (2, 1, 67, 64), (3, 1, 61, 64)]), C_MAJOR) == 0.5
+
+
+def test_key_agreement_follows_the_prompt_into_every_key():
+    in_key = score_of([(i, 1, p, 64) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71])])
+    black_keys = score_of([(i, 1, p, 64) for i, p in enumerate([61, 63, 66, 68, 70])])
+    for shift in range(-6, 6):
+        tonic = shift % 12
+        assert best_key(transposed(C_MAJOR, shift)) == tonic, shift
+        assert best_key(transposed(A_MINOR, shift)) == 12 + (9 + shift) % 12, shift
+        assert key_agreement(transposed(in_key, shift), transposed(C_MAJOR, shift)) == 1
+        assert key_agreement(transposed(black_keys, shift), transposed(C_MAJOR, shift)) == 0
+        # C major's scale after a prompt in another key scores the share of its notes in that key's scale.
+        c_major = {0, 2, 4, 5, 7, 9, 11}
+        shared = len(c_major & {(p + tonic) % 12 for p in c_major})
+        assert key_agreement(in_key, transposed(C_MAJOR, shift)) == pytest.approx(shared / 7)
+
+
+def test_key_agreement_reads_the_tonic_not_only_the_scale():
+    # A minor and C major share their pitch classes; the profiles tell them apart by what is held and stressed.
+    assert KEY_NAMES[best_key(A_MINOR)] == "A minor"
+    # The raised leading tone G# is outside A natural minor: a continuation of it is out of key.
+    assert key_agreement(score_of([(0, 1, 68, 64), (1, 1, 69, 64)]), A_MINOR) == 0.5
+    # C E G fits C, F and G major alike by in-scale share; the profiles name C major.
+    assert KEY_NAMES[best_key(score_of([(0, 4, 48, 64), (0, 1, 60, 64), (1, 1, 64, 64), (2, 1, 67, 64)]))] == "C major"
+
+
+def test_key_agreement_is_undefined_without_notes():
+    assert best_key(score_of([])) is None
+    assert math.isnan(key_agreement(C_MAJOR, score_of([])))
+    assert math.isnan(key_agreement(score_of([]), C_MAJOR))
+
+
+def test_ratio_and_ci_pools_items_of_different_sizes():
+    # Window NLLs 2, 6, 12 over 1, 2, 3 tokens: 20 / 6 pooled, not the mean of the per-window ratios.
+    mean, low, high, n = ratio_and_ci([2.0, 6.0, 12.0], [1, 2, 3], seed=0)
+    assert mean == pytest.approx(20 / 6) and n == 3 and 2 <= low <= mean <= high <= 4
+    assert ratio_and_ci([5.0, 5.0], [1, 1], seed=0)[:3] == (5.0, 5.0, 5.0)
 
 
 def test_repeat_baseline_cycles_the_last_bars():
@@ -196,3 +271,48 @@ def test_mirex_preset_evaluates_4_bar_prompts_continued_for_12_bars(tokenized_wo
             assert tokenizer.tokens_errors(continuation) == 0 and continuation.tokens.count("Bar_None") <= 12
     assert_report_filled(out, prompts=2)
     assert "(the whole prompt cycled when it has fewer bars)" in (out / "report.md").read_text()
+
+
+def windows_dataset(tokenizer, n: int, seed: int) -> datasets.Dataset:
+    """`n` windows of random token ids of random lengths (the NLL needs no grammar), two pieces."""
+    rng = np.random.default_rng(seed)
+    vocab = len(tokenizer.vocab)
+    contexts = [rng.integers(4, vocab, size=rng.integers(2, 40)).tolist() for _ in range(n)]
+    completions = [rng.integers(4, vocab, size=rng.integers(1, 30)).tolist() for _ in range(n)]
+    return datasets.Dataset.from_dict(
+        {"context_ids": contexts, "completion_ids": completions, "piece_id": [f"p{i % 2}" for i in range(n)]}
+    )
+
+
+def test_model_nll_per_window_matches_scoring_each_window_alone(checkpoint):
+    model, tokenizer = load_rwkv_pth(checkpoint), load_tokenizer(checkpoint.parent / "tokenizer.json")
+    windows = windows_dataset(tokenizer, 7, seed=0)
+    contexts, completions = windows["context_ids"], windows["completion_ids"]
+    # A small budget: several batches, rows padded to their batch's longest.
+    got = model_window_nll(model, torch.device("cpu"), 150, tokenizer.pad_token_id)(contexts, completions)
+    with torch.no_grad():
+        for i, (context, completion) in enumerate(zip(contexts, completions)):
+            sequence = context + completion
+            log_probs = torch.log_softmax(model(torch.tensor([sequence[:-1]]))[0].float(), dim=-1)
+            positions = torch.arange(len(context) - 1, len(sequence) - 1)
+            expected = -log_probs[positions, torch.tensor(completion)].sum().item()
+            assert got[i] == pytest.approx(expected, rel=1e-4), i
+
+
+def test_nll_per_token_and_per_note_of_every_likelihood_system(tokenizer_path):
+    tokenizer = load_tokenizer(tokenizer_path)
+    train, test = windows_dataset(tokenizer, 20, seed=1), windows_dataset(tokenizer, 12, seed=2)
+    pitches = set(pitch_token_ids(tokenizer).tolist())
+    tokens = sum(len(m) for m in test["completion_ids"])
+    notes = sum(i in pitches for m in test["completion_ids"] for i in m)
+    two_nats = lambda contexts, completions: np.array([2.0 * len(m) for m in completions])  # noqa: E731
+    results = nll_results(
+        {"two nats a token": two_nats, "unigram": unigram_window_nll(train, len(tokenizer.vocab))},
+        tokenizer, test, n_windows=100, seed=0,
+    )
+    assert (results["windows"], results["tokens"], results["notes"]) == (12, tokens, notes)
+    flat = results["systems"]["two nats a token"]
+    assert flat["per_token"][0] == pytest.approx(2.0) and flat["per_token"][3] == 12
+    assert flat["per_note"][0] == pytest.approx(2.0 * tokens / notes)
+    # The unigram scores the windows as the training-time baseline scores a split.
+    assert results["systems"]["unigram"]["per_token"][0] == pytest.approx(unigram_nll(train, test, len(tokenizer.vocab)))
