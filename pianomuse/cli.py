@@ -47,15 +47,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "probe", help="the pattern continuation probe: does the model keep playing a repeated one-bar figure?"
     )
     probe.add_argument("--checkpoint", type=Path, required=True, help="a {name}.pth with its {name}.json beside it")
-    probe.add_argument("--tokenizer", type=Path, help="the run's tokenizer.json (default: beside the checkpoint, or results/)")
-    probe.add_argument("--bars", type=int, default=DEFAULT_SAMPLING.bars, help="bars to generate after each prompt (M, default %(default)s)")
-    probe.add_argument("--samples", type=int, default=DEFAULT_SAMPLING.samples, help="continuations per prompt (K, default %(default)s)")
-    probe.add_argument("--temperature", type=float, default=DEFAULT_SAMPLING.temperature, help="sampling temperature (default %(default)s)")
-    probe.add_argument("--top-p", type=float, default=DEFAULT_SAMPLING.top_p, help="nucleus sampling mass, in (0, 1] (default %(default)s)")
-    probe.add_argument("--top-k", type=int, default=DEFAULT_SAMPLING.top_k, help="sample among the k most likely tokens (default: all)")
-    probe.add_argument("--seed", type=int, default=DEFAULT_SAMPLING.seed, help="sampling and bootstrap seed (default %(default)s)")
-    probe.add_argument("--device", default="cpu", help="cpu or cuda (default %(default)s)")
-    probe.add_argument("--threads", type=int, default=1, help="CPU threads (default %(default)s)")
+    probe.add_argument(
+        "--tokenizer", type=Path, help="the run's tokenizer.json (default: beside the checkpoint, or results/)"
+    )
+    defaults = DEFAULT_SAMPLING
+    probe.add_argument("--bars", type=int, default=defaults.bars, help="bars after each prompt, M (%(default)s)")
+    probe.add_argument("--samples", type=int, default=defaults.samples, help="continuations per prompt, K (%(default)s)")
+    probe.add_argument("--temperature", type=float, default=defaults.temperature, help="temperature (%(default)s)")
+    probe.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass, in (0, 1] (%(default)s)")
+    probe.add_argument("--top-k", type=int, default=defaults.top_k, help="sample among the k most likely (default: all)")
+    probe.add_argument("--seed", type=int, default=defaults.seed, help="sampling and bootstrap seed (%(default)s)")
+    probe.add_argument("--device", default="cpu", help="cpu, cuda or auto (%(default)s)")
+    probe.add_argument("--threads", type=int, default=1, help="CPU threads (%(default)s)")
     probe.add_argument(
         "-o", "--output", type=Path, required=True, help="folder for probe.json, probe.md/.html and the prompts' files"
     )

@@ -84,21 +84,29 @@ def cycle(offsets: list[int], count: int) -> list[int]:
     return [offsets[i % len(offsets)] for i in range(count)]
 
 
-def figure_notes(texture: str, tonic: int, minor: bool, beats: int, rng: np.random.Generator) -> list[tuple[int, int, int]]:
+Notes = list[tuple[int, int, int]]  # (onset, duration) in sixteenths, pitch
+
+
+def figure_notes(texture: str, tonic: int, minor: bool, beats: int, rng: np.random.Generator) -> Notes:
     """One bar of `texture` on the tonic chord of the key (tonic: a MIDI pitch in octave 4), `beats` quarters long."""
     third = 3 if minor else 4
     scale = NATURAL_MINOR_SCALE if minor else MAJOR_SCALE
     sixteenths, bass = 4 * beats, tonic - 12
     if texture == "arpeggio":  # broken chord in sixteenths, as in Bach's C-major prelude
-        return [(i, 1, tonic + o) for i, o in enumerate(cycle([0, third, 7, 12, 12 + third, 7, 12, 12 + third], sixteenths))]
+        pattern = [0, third, 7, 12, 12 + third, 7, 12, 12 + third]
+        return [(i, 1, tonic + o) for i, o in enumerate(cycle(pattern, sixteenths))]
     if texture == "alberti-bass":  # low - high - middle - high in eighths, under a held melody note
-        return [(2 * i, 2, bass + o) for i, o in enumerate(cycle([0, 7, third, 7], 2 * beats))] + [(0, sixteenths, tonic + 12)]
+        alberti = [(2 * i, 2, bass + o) for i, o in enumerate(cycle([0, 7, third, 7], 2 * beats))]
+        return alberti + [(0, sixteenths, tonic + 12)]
     if texture == "repeated-chords":  # the triad on every beat over a held bass
         return [(4 * b, 4, tonic + o) for b in range(beats) for o in (0, third, 7)] + [(0, sixteenths, bass)]
     if texture == "scale-run":  # up the scale in sixteenths
         return [(i, 1, tonic + 12 * (i // 7) + int(scale[i % 7])) for i in range(sixteenths)]
     if texture == "melody-and-accompaniment":  # a seeded stepwise tune over broken-chord eighths or a waltz bass
-        rhythms = {4: [[4, 4, 4, 4], [4, 2, 2, 4, 4], [2, 2, 4, 8], [6, 2, 4, 4]], 3: [[4, 4, 4], [4, 2, 2, 4], [8, 4], [6, 2, 4]]}
+        rhythms = {
+            4: [[4, 4, 4, 4], [4, 2, 2, 4, 4], [2, 2, 4, 8], [6, 2, 4, 4]],
+            3: [[4, 4, 4], [4, 2, 2, 4], [8, 4], [6, 2, 4]],
+        }
         durations = rhythms[beats][rng.integers(len(rhythms[beats]))]
         degree, melody, onset = int(rng.integers(0, 5)), [], 0
         for duration in durations:
@@ -152,7 +160,8 @@ def f1(candidate: set, reference: set) -> float:
 
 def figure_score(continuation: Score, figure: Figure, bars: int) -> float:
     """Mean over the continuation's `bars` bars of each bar's F1 against the figure."""
-    return float(np.mean([f1(events, figure.events()) for events in bar_events(continuation, figure.slots_per_bar, bars)]))
+    bars_events = bar_events(continuation, figure.slots_per_bar, bars)
+    return float(np.mean([f1(events, figure.events()) for events in bars_events]))
 
 
 def check_tokenizer_resolution(tokenizer: REMI) -> None:
@@ -177,42 +186,49 @@ def reference_continuations(completer: Completer, figure: Figure, other: Figure,
     }
 
 
+def probe_figure(
+    completer: Completer, samplers: dict[str, Sampler], sampling: Sampling, figure: Figure, other: Figure, folder: Path
+) -> dict:
+    """One prompt: every sampler's K continuations and the references scored; the prompt's and the samples' MIDI
+    and a piano roll of each sampler's sample 0 written into `folder`."""
+    prompt = figure.score(PROMPT_BARS)
+    prompt_ids = completer.prompt_ids(prompt, None)
+    folder.mkdir(parents=True)
+    prompt.dump_midi(str(folder / "prompt.mid"))
+    scores, rolls = {}, {}
+    for name, sampler in samplers.items():
+        completion = sampler.complete_ids(prompt_ids, sampling, progress=False)
+        scores[name] = [figure_score(c, figure, sampling.bars) for c in completion.continuations]
+        for k, full in enumerate(completion.full):
+            full.dump_midi(str(folder / f"{slug(name)}-sample-{k}.mid"))
+        rolls[name] = f"prompts/{figure.name}/{slug(name)}.png"
+        title = f"{figure.name}: {name}, sample 0"
+        piano_roll(completion.full[0], completion.continuation_tick, folder / f"{slug(name)}.png", title)
+    for name, continuation in reference_continuations(completer, figure, other, sampling.bars).items():
+        scores[name] = [figure_score(continuation, figure, sampling.bars)]
+    log.info("%s: %s", figure.name, {name: round(float(np.mean(v)), 3) for name, v in scores.items()})
+    return {
+        "name": figure.name, "texture": figure.texture, "key": figure.key,
+        "time_signature": f"{figure.time_signature[0]}/{figure.time_signature[1]}",
+        "figure": [list(note) for note in figure.notes], "scores": scores, "rolls": rolls,
+        "summary": {name: mean_and_ci(values, sampling.seed) for name, values in scores.items()},
+    }
+
+
 def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Sampling, out_dir) -> dict:
-    """Probe every sampler on every figure; write probe.json, probe.md, probe.html and prompts/{name}/ (the
-    prompt's MIDI, each sample's MIDI and a piano roll of sample 0 per sampler) into `out_dir`. `completer` is the
-    tokenizer side (prompt ids, decoding), shared by the samplers."""
+    """Probe every sampler on every figure (prompt i sampled with seed + i); write probe.json, probe.md, probe.html
+    and prompts/{name}/ into `out_dir`. `completer` is the tokenizer side (prompt ids, decoding) that the samplers
+    share."""
     check_tokenizer_resolution(completer.tokenizer)
     figures = probe_figures()
-    prompts = []
+    systems = [*samplers, *REFERENCES]
     with staged_folder(out_dir) as staging:
+        prompts = []
         for i, figure in enumerate(figures):
             # Another figure in the same meter, so the reference differs in notes, not in bar length.
             other = next(f for f in figures[i + 1 :] + figures[:i] if f.time_signature == figure.time_signature)
-            prompt = figure.score(PROMPT_BARS)
-            prompt_ids = completer.prompt_ids(prompt, None)
-            folder = staging / "prompts" / figure.name
-            folder.mkdir(parents=True)
-            prompt.dump_midi(str(folder / "prompt.mid"))
-            scores, rolls = {}, {}
-            for name, sampler in samplers.items():
-                completion = sampler.complete_ids(
-                    prompt_ids, Sampling(**{**asdict(sampling), "seed": sampling.seed + i}), progress=False
-                )
-                scores[name] = [figure_score(c, figure, sampling.bars) for c in completion.continuations]
-                for k, full in enumerate(completion.full):
-                    full.dump_midi(str(folder / f"{slug(name)}-sample-{k}.mid"))
-                rolls[name] = f"prompts/{figure.name}/{slug(name)}.png"
-                piano_roll(completion.full[0], completion.continuation_tick, staging / rolls[name], f"{figure.name}: {name}, sample 0")
-            for name, continuation in reference_continuations(completer, figure, other, sampling.bars).items():
-                scores[name] = [figure_score(continuation, figure, sampling.bars)]
-            log.info("%s: %s", figure.name, {name: round(float(np.mean(v)), 3) for name, v in scores.items()})
-            prompts.append({
-                "name": figure.name, "texture": figure.texture, "key": figure.key,
-                "time_signature": f"{figure.time_signature[0]}/{figure.time_signature[1]}",
-                "figure": [list(note) for note in figure.notes], "scores": scores, "rolls": rolls,
-                "summary": {name: mean_and_ci(values, sampling.seed) for name, values in scores.items()},
-            })
-        systems = [*samplers, *REFERENCES]
+            seeded = Sampling(**{**asdict(sampling), "seed": sampling.seed + i})
+            prompts.append(probe_figure(completer, samplers, seeded, figure, other, staging / "prompts" / figure.name))
         results = {
             "settings": asdict(sampling), "prompt_bars": PROMPT_BARS, "slots_per_quarter": SLOTS_PER_QUARTER,
             "systems": systems, "sampled": list(samplers), "prompts": prompts,

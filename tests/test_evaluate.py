@@ -17,6 +17,9 @@ from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
 from pianomuse.evaluate import (
+    OTHER_PIECE,
+    REPEAT,
+    TRUTH,
     choose_prompts,
     model_window_nll,
     nll_results,
@@ -42,6 +45,8 @@ from pianomuse.metrics import (
     velocity_overlap,
 )
 from pianomuse.model import load_rwkv_pth
+from pianomuse.probe import REPEAT as PROBE_REPEAT
+from pianomuse.probe import TEXTURES, probe_figures
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import pitch_token_ids
 from pianomuse.train import unigram_nll
@@ -175,6 +180,7 @@ TINY_TRAIN = {
     "log_every": 3, "checkpoint_every": 3, "num_workers": 0,
 }
 TINY_EVALUATE = {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32}
+TINY_PROBE = {"bars": 1, "samples": 1, "top_k": 50}
 # The stages that no windows, train or evaluate setting changes: the tiny run's tokens, transpositions and kernels.
 SHARED_STAGES = [
     "results/tokens/test/shard-0.parquet", "results/augment/train/shard-0.parquet", "results/kernels/kernels.json"
@@ -193,15 +199,44 @@ def tokenized_workflow(tmp_path_factory, maestro_dir) -> Path:
 
 
 def assert_report_filled(out: Path, prompts: int) -> None:
-    """report.md and report.html hold the four tables, every cell filled, nothing undefined, one image per cell."""
+    """report.md and report.html hold every table, every cell filled, nothing undefined, every image there."""
     markdown, html = (out / "report.md").read_text(), (out / "report.html").read_text()
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
-    assert len(table_rows) == (1 + 2) + (1 + len(METRICS)) + 2 * (1 + prompts)  # header and rows of each table
+    probes = len(probe_figures())
+    assert len(table_rows) == (
+        2 * 2  # NLL per token, NLL per note
+        + 2  # key agreement
+        + (1 + len(METRICS))
+        + (1 + 1 + len(TEXTURES)) + 2 * (1 + probes)  # probe: summary, per prompt, piano rolls
+        + 2 * (1 + prompts)  # prompts and samples, piano rolls
+    )
     for line in table_rows:
         assert all(cell.strip() for cell in line.strip("|").split(" | ")), line
     assert not re.search(r"\bnan\b|n/a", markdown, re.IGNORECASE)
     assert html.count("<tr>") == len(table_rows) and "<td></td>" not in html and "n/a" not in html
-    assert html.count("<img ") == 2 * prompts and markdown.count("![") == 2 * prompts
+    images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown)
+    assert len(images) == 2 * prompts + probes and html.count("<img ") == len(images)
+    for image in images:
+        assert (out / image).is_file(), image  # the probe's piano rolls are linked from its own folder
+
+
+def assert_measures_side_by_side(results: dict, prompts: int, samples: int) -> None:
+    """Every system in the tables of key agreement and NLL, with the counts behind each value."""
+    nll = results["nll"]["systems"]
+    assert set(nll) == {"RWKV-7", "unigram"}
+    for system in nll.values():
+        assert system["per_token"][3] == system["per_note"][3] == results["nll"]["windows"]
+        # Per note = the same total NLL over fewer items than tokens.
+        ratio = results["nll"]["tokens"] / results["nll"]["notes"]
+        assert system["per_note"][0] == pytest.approx(system["per_token"][0] * ratio)
+    agreement = results["key_agreement"]
+    assert list(agreement) == ["RWKV-7", REPEAT, OTHER_PIECE, TRUTH]
+    counts = {"RWKV-7": prompts * samples, REPEAT: prompts, OTHER_PIECE: prompts, TRUTH: prompts}
+    for system, (mean, low, high, n) in agreement.items():
+        assert len(results["key_agreement_values"][system]) == counts[system]
+        assert 0 <= low <= mean <= high <= 1, system
+    probe = results["probe"]
+    assert probe["summary"][PROBE_REPEAT][0] == 1.0 and len(probe["prompts"]) == len(probe_figures())
 
 
 @pytest.mark.slow
@@ -212,17 +247,20 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, token
         "windows": {"context_bars": 2, "completion_bars": 2, "step": 4, "max_tokens": 1024},
         "train": {**TINY_TRAIN, "run": "tiny"},
         "evaluate": TINY_EVALUATE,
+        "probe": TINY_PROBE,
     })
     snakemake(workdir, "evaluate", "--configfile", "overrides.yaml")
 
     out = workdir / "results/eval/tiny"
     results = json.loads((out / "metrics.json").read_text())
-    assert set(results["nll"]["models"]) == {"RWKV-7", "unigram"}
+    assert_measures_side_by_side(results, prompts=2, samples=2)
     assert len(results["metric_values"]["RWKV-7"]["pitch-class overlap"]) == 4  # P x K
-    assert [(p["prompt_bars"], p["sample_bars"]) for p in results["prompts"]] == [(2, [2, 2])] * 2
+    assert [(p["prompt_bars"], p["samples"]["RWKV-7"]["bars"]) for p in results["prompts"]] == [(2, [2, 2])] * 2
     for p in range(2):
-        for name in ["sample-0.mid", "sample-1.mid", "sample-0.png", "sample-1.png", "truth.mid", "truth.png"]:
+        for name in ["rwkv-7/sample-0.mid", "rwkv-7/sample-1.mid", "rwkv-7/sample-0.png", "truth.mid", "truth.png"]:
             assert (out / f"samples/prompt-{p}" / name).is_file(), name
+    probe = json.loads((workdir / "results/probe/tiny/probe.json").read_text())
+    assert probe["settings"]["bars"] == 1 and results["probe"] == probe
     assert_report_filled(out, prompts=2)
 
     # The trained checkpoint, as a composer would use it: `pianomuse complete` on a real MAESTRO prompt.
@@ -248,7 +286,7 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, token
 def test_mirex_preset_evaluates_4_bar_prompts_continued_for_12_bars(tokenized_workflow, maestro_dir):
     # The preset's own windows and run name: the overrides only shrink training and evaluation.
     workdir = tokenized_workflow
-    write_tiny_run_overrides(workdir, maestro_dir, {"train": TINY_TRAIN, "evaluate": TINY_EVALUATE})
+    write_tiny_run_overrides(workdir, maestro_dir, {"train": TINY_TRAIN, "evaluate": TINY_EVALUATE, "probe": TINY_PROBE})
     snakemake(workdir, "evaluate", "--configfile", "overrides.yaml", "--config", "preset=mirex")
 
     tokenizer = load_tokenizer(workdir / "results/tokenizer.json")
@@ -262,11 +300,12 @@ def test_mirex_preset_evaluates_4_bar_prompts_continued_for_12_bars(tokenized_wo
     out = workdir / "results/eval/mirex"
     results = json.loads((out / "metrics.json").read_text())
     assert results["continuation_bars"] == 12 and len(results["prompts"]) == 2
+    assert_measures_side_by_side(results, prompts=2, samples=2)
     for p, prompt in enumerate(results["prompts"]):
         assert prompt["prompt_bars"] == 4
-        assert prompt["sample_bars"] == [12, 12] and prompt["sample_token_errors"] == [0, 0]
+        assert prompt["samples"]["RWKV-7"]["bars"] == [12, 12] and prompt["samples"]["RWKV-7"]["token_errors"] == [0, 0]
         for k in range(2):
-            continuation = tokenizer.encode(Score(str(out / f"samples/prompt-{p}/sample-{k}.continuation.mid")))[0]
+            continuation = tokenizer.encode(Score(str(out / f"samples/prompt-{p}/rwkv-7/sample-{k}.continuation.mid")))[0]
             # Re-encoding drops trailing empty bars, so a valid 12-bar continuation may read as fewer.
             assert tokenizer.tokens_errors(continuation) == 0 and continuation.tokens.count("Bar_None") <= 12
     assert_report_filled(out, prompts=2)
