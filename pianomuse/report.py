@@ -97,8 +97,9 @@ def probe_tables(probe: dict, image_root: str) -> list[Table]:
     return [
         Table(
             "Pattern continuation probe",
-            f"each prompt: a one-bar figure played {probe['prompt_bars']} times, continued for {settings['bars']} bars "
-            f"x {settings['samples']} samples (temperature {settings['temperature']}, top-p {settings['top_p']}); "
+            f"each prompt: a one-bar figure played {probe['prompt_bars']} times, continued for M = {settings['bars']} "
+            f"bars x K = {settings['samples']} samples (temperature {settings['temperature']}, top-p "
+            f"{settings['top_p']}, top-k {settings['top_k'] or 'all'}, seed {settings['seed']} + prompt number); "
             "score: F1 of the (sixteenth-note onset slot, pitch) pairs of each continuation bar against the figure's, "
             "mean over bars (1 = keeps the figure); mean [95% bootstrap interval over prompts] (n = prompts). "
             "References: the figure played on (must be 1), a semitone up, another prompt's figure in the same meter",

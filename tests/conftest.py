@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from pianomuse.checkpoint import save_weights
@@ -44,6 +45,16 @@ def checkpoint(tmp_path_factory, tokenizer_path) -> Path:
     save_weights(perturbed_model(config), info, run_dir, "best")
     shutil.copy(tokenizer_path, run_dir / "tokenizer.json")
     return run_dir / "best.pth"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test."""
+    # Decoding a tiny batch gains nothing from intra-op threads, and on a shared machine they make it crawl.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

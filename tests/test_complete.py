@@ -21,14 +21,7 @@ from pianomuse.kernels.decode import CompiledStep
 from pianomuse.sampling import StreamUniforms
 from pianomuse.tokenizer import build_tokenizer, save_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Decoding a tiny batch gains nothing from intra-op threads, and on a shared machine they make it crawl.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from symusic import Score
 
@@ -30,14 +29,7 @@ from pianomuse.probe import (
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = probe_figures()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_prompt_set_is_fixed_and_covers_textures_meters_and_keys():
