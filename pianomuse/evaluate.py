@@ -64,7 +64,8 @@ def model_window_nll(model, device: torch.device, batch_tokens: int, pad_id: int
             with autocast():
                 logits = model(inputs.to(device), head_positions=head_positions_from_spans(spans, width).to(device))
             nll = F.cross_entropy(logits.float(), torch.tensor(targets, device=device), reduction="none").cpu().numpy()
-            totals[batch] = [chunk.sum() for chunk in np.split(nll, np.cumsum([len(completions[i]) for i in batch])[:-1])]
+            ends = np.cumsum([len(completions[i]) for i in batch])[:-1]
+            totals[batch] = [chunk.sum() for chunk in np.split(nll, ends)]
         return totals
 
     return score
@@ -73,7 +74,7 @@ def model_window_nll(model, device: torch.device, batch_tokens: int, pad_id: int
 def unigram_window_nll(train_ds, vocab_size: int) -> WindowNLL:
     """The unigram baseline's WindowNLL: train completion-token frequencies, context ignored."""
     log_probs = unigram_log_probs(train_ds, vocab_size)
-    return lambda contexts, completions: np.array([-log_probs[np.asarray(m, dtype=np.int64)].sum() for m in completions])
+    return lambda contexts, completions: np.array([-log_probs[np.asarray(m, np.int64)].sum() for m in completions])
 
 
 def nll_results(likelihoods: dict[str, WindowNLL], tokenizer, test_ds, n_windows: int, seed: int) -> dict:
@@ -197,6 +198,7 @@ def evaluate_run(
             agreement[system].append(key_agreement(candidate, prompt))
         agreement[TRUTH].append(key_agreement(truth, prompt))
 
+        sample_dir.mkdir(parents=True, exist_ok=True)
         truth_full = completer.tokenizer.decode([context + completion])
         truth_full.dump_midi(str(sample_dir / "truth.mid"))
         piano_roll(truth_full, completer.bars_ticks(context, truth_full.tpq), sample_dir / "truth.png",

@@ -181,7 +181,7 @@ def best_key(score: Score) -> int | None:
     histogram = duration_pitch_class_histogram(score)
     if not histogram.sum() or np.all(histogram == histogram[0]):
         return None  # silence, or all twelve equally: no key to find
-    profiles = np.stack([np.roll(KK_MAJOR, tonic) for tonic in range(12)] + [np.roll(KK_MINOR, tonic) for tonic in range(12)])
+    profiles = [np.roll(profile, tonic) for profile in (KK_MAJOR, KK_MINOR) for tonic in range(12)]
     correlations = [np.corrcoef(histogram, profile)[0, 1] for profile in profiles]
     return int(np.argmax(correlations))
 

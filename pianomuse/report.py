@@ -110,7 +110,8 @@ def probe_tables(probe: dict, image_root: str) -> list[Table]:
             "Pattern continuation probe, per prompt",
             "mean [95% bootstrap interval over samples] (n = samples)",
             ["prompt", "key", "meter", *systems],
-            [[p["name"], p["key"], p["time_signature"], *(interval(p["summary"][s]) for s in systems)] for p in prompts],
+            [[p["name"], p["key"], p["time_signature"], *(interval(p["summary"][s]) for s in systems)]
+             for p in prompts],
         ),
         Table(
             "Pattern continuation probe: piano rolls",

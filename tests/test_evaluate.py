@@ -13,14 +13,17 @@ import numpy as np
 import pytest
 import torch
 from symusic import Note, Score, Track
+from midi_factory import make_piano_score
 from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
+from pianomuse.complete import Completer, Completion
 from pianomuse.evaluate import (
     OTHER_PIECE,
     REPEAT,
     TRUTH,
     choose_prompts,
+    evaluate_run,
     model_window_nll,
     nll_results,
     repeat_last_bars,
@@ -355,3 +358,63 @@ def test_nll_per_token_and_per_note_of_every_likelihood_system(tokenizer_path):
     assert flat["per_note"][0] == pytest.approx(2.0 * tokens / notes)
     # The unigram scores the windows as the training-time baseline scores a split.
     assert results["systems"]["unigram"]["per_token"][0] == pytest.approx(unigram_nll(train, test, len(tokenizer.vocab)))
+
+
+class Oracle:
+    """A sampled system that plays the true continuation K times: what a system that reads the prompt perfectly
+    would score."""
+
+    def __init__(self, completer, truths: dict[tuple, list[int]]):
+        self.completer, self.truths = completer, truths
+
+    def complete_ids(self, prompt, sampling, progress=True):
+        ids = self.truths[tuple(prompt)]
+        full = self.completer.tokenizer.decode([prompt + ids])
+        alone = self.completer.decode_last_bars(prompt + ids, sampling.bars)
+        tick = self.completer.bars_ticks(prompt, full.tpq)
+        k = sampling.samples
+        return Completion([full] * k, [alone] * k, [], prompt, [ids] * k, tick)
+
+
+def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
+    """Two sampled systems (the model and an oracle) and three likelihood systems, each in every table it applies
+    to; the oracle scores perfectly where a continuation is compared with the truth, and as the truth on key
+    agreement."""
+    completer = Completer.load(checkpoint)
+    bar_id = completer.grammar.bar_id
+    rows = {"context_ids": [], "completion_ids": [], "piece_id": [], "start_bar": []}
+    for piece in range(3):
+        ids = completer.prompt_ids(make_piano_score(6, 4, pitches=[60 + 2 * piece, 64, 67, 72], seed=piece), None)
+        bars = [i for i, token in enumerate(ids) if token == bar_id] + [len(ids)]
+        rows["context_ids"].append(ids[: bars[4]])
+        rows["completion_ids"].append(ids[bars[4] :])
+        rows["piece_id"].append(f"piece-{piece}")
+        rows["start_bar"].append(0)
+    test_ds = datasets.Dataset.from_dict(rows)
+    oracle = Oracle(completer, {tuple(c): m for c, m in zip(rows["context_ids"], rows["completion_ids"])})
+    two_nats = lambda contexts, completions: np.array([2.0 * len(m) for m in completions])  # noqa: E731
+    settings = {"prompts": 3, "samples": 2, "temperature": 1.0, "top_p": 0.95, "top_k": None, "seed": 0,
+                "nll_windows": 3}
+    results = evaluate_run(
+        settings, 2, completer, {"RWKV-7": completer, "oracle": oracle},
+        {"RWKV-7": model_window_nll(completer.model, torch.device("cpu"), 4096, completer.tokenizer.pad_token_id),
+         "unigram": unigram_window_nll(test_ds, len(completer.tokenizer.vocab)), "two nats": two_nats},
+        test_ds, tmp_path / "eval",
+    )
+    assert list(results["nll"]["systems"]) == ["RWKV-7", "unigram", "two nats"]
+    assert results["nll"]["systems"]["two nats"]["per_token"][0] == pytest.approx(2.0)
+    assert list(results["key_agreement"]) == ["RWKV-7", "oracle", REPEAT, OTHER_PIECE, TRUTH]
+    truth_values = results["key_agreement_values"][TRUTH]
+    assert results["key_agreement_values"]["oracle"] == [value for value in truth_values for _ in range(2)]
+    assert {name: summary[0] for name, summary in results["metrics"]["oracle"].items()} == {
+        name: perfect for name, (_, perfect) in METRICS.items()
+    }
+    assert "probe" not in results
+    markdown = (tmp_path / "eval/report.md").read_text()
+    assert "| measure | RWKV-7 | unigram | two nats |" in markdown
+    agreement_header = "| RWKV-7 | oracle | repeat the prompt's last bars | bars of another test piece | true continuation |"
+    assert f"| measure {agreement_header}" in markdown
+    for p in range(3):
+        for system in ["rwkv-7", "oracle"]:
+            assert (tmp_path / f"eval/samples/prompt-{p}/{system}/sample-1.mid").is_file()
+        assert f"samples/prompt-{p}/oracle/sample-0.png" in markdown
