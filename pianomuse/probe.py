@@ -6,9 +6,12 @@ accompaniment, in 3/4 and 4/4, across the 24 major and minor keys. It needs no d
 checkpoint (`pianomuse probe`, and the workflow's `probe` rule).
 
 Each continuation is scored bar by bar against the figure. A bar is the set of its notes' (onset slot, pitch)
-pairs, onsets rounded to the nearest sixteenth note. The score of a bar is the F1 (Dice) overlap of that set with
-the figure's, 2|A∩F| / (|A| + |F|): symmetric, so playing the figure plus extra notes costs as much as playing half
-of it, and 1 only for exactly the figure's notes. The score of a continuation is the mean over its M bars.
+pairs, onsets rounded to the nearest sixteenth note (half up): the figures' own grid, coarser than the tokenizer's
+finest step (a 32nd in the first beats with the default `beat_res`), so a note less than a 32nd off still counts;
+`check_tokenizer_resolution` refuses a tokenizer too coarse to write sixteenths. The score of a bar is the F1
+(Dice) overlap of that set with the figure's, 2|A∩F| / (|A| + |F|): symmetric, so playing the figure plus as many
+extra notes costs as much as playing half of it, and 1 only for exactly the figure's notes. The score of a
+continuation is the mean over its M bars.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from symusic import Note, Score, Tempo, TimeSignature, Track
 from pianomuse.complete import Completer, CompletionError, Sampler, Sampling
 from pianomuse.files import staged_folder
 from pianomuse.metrics import KEY_NAMES, MAJOR_SCALE, NATURAL_MINOR_SCALE, mean_and_ci, notes_of
-from pianomuse.train import resolve_device
 from pianomuse.report import piano_roll, probe_tables, render_html, render_markdown, slug
+from pianomuse.train import resolve_device
 
 log = logging.getLogger(__name__)
 

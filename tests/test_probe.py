@@ -13,6 +13,7 @@ import yaml
 from symusic import Score
 
 from pianomuse.cli import main
+from pianomuse.complete import CompletionError
 from pianomuse.metrics import notes_of
 from pianomuse.probe import (
     DEFAULT_SAMPLING,
@@ -22,10 +23,12 @@ from pianomuse.probe import (
     TEXTURES,
     TRANSPOSED,
     bar_events,
+    check_tokenizer_resolution,
     f1,
     figure_score,
     probe_figures,
 )
+from pianomuse.tokenizer import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = probe_figures()
@@ -149,3 +152,11 @@ def test_probe_command_rejects_a_missing_checkpoint_and_bad_usage(tmp_path, caps
             main(args)
         assert exit_info.value.code == 2 and "usage:" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_tokenizer_too_coarse_for_sixteenths_is_refused():
+    coarse = build_tokenizer([21, 108], [[0, 4, 2], [4, 12, 2]], 32, True, 32, [40, 250], True, True, ["PAD"])
+    with pytest.raises(CompletionError, match="writes 2 onsets per beat; the probe's figures need 4"):
+        check_tokenizer_resolution(coarse)
+    fine = build_tokenizer([21, 108], [[0, 4, 8], [4, 12, 4]], 32, True, 32, [40, 250], True, True, ["PAD"])
+    check_tokenizer_resolution(fine)  # the default resolution passes
