@@ -17,7 +17,6 @@ rule probe:
         prompts=directory(f"{PROBE_DIR}/prompts"),
     params:
         checkpoint=f"{RUN_DIR}/best.pth",
-        probe_dir=PROBE_DIR,
         settings=config["probe"],
         device=config["train"]["device"],
     threads: 1  # one token of K samples at a time: too little work to share between threads
@@ -48,7 +47,6 @@ rule evaluate:
     params:
         run_dir=RUN_DIR,
         eval_dir=EVAL_DIR,
-        probe_dir=PROBE_DIR,
         settings=config["evaluate"],
         completion_bars=config["windows"]["completion_bars"],
         device=config["train"]["device"],

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import torch
 
 from pianomuse.complete import Sampling
@@ -9,4 +11,5 @@ log = log_to_file(snakemake.log[0])
 use_recorded_kernels(snakemake.input.kernels)
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
-probe_checkpoint(params.checkpoint, None, Sampling(**params.settings), params.device, params.probe_dir)
+out_dir = Path(snakemake.output.results).parent
+probe_checkpoint(params.checkpoint, None, Sampling(**params.settings), params.device, out_dir)
