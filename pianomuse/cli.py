@@ -1,17 +1,17 @@
-"""The `pianomuse` command. `pianomuse complete PROMPT.mid --checkpoint PATH ...` writes K continuations."""
+"""The `pianomuse` command. `pianomuse complete PROMPT.mid --checkpoint PATH ...` writes K continuations;
+`pianomuse probe --checkpoint PATH -o DIR` runs the pattern continuation probe (`pianomuse.probe`)."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from pianomuse.complete import Completer, CompletionError, Sampling
+from pianomuse.files import staged_folder
+from pianomuse.probe import DEFAULT_SAMPLING, probe_checkpoint
 from pianomuse.report import piano_roll
 
 USAGE_ERROR = 2
@@ -42,7 +42,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPU threads (default 1: threads wait on each other on a busy machine; more help on an idle one)",
     )
     complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI and PNG files")
+
+    probe = commands.add_parser(
+        "probe", help="the pattern continuation probe: does the model keep playing a repeated one-bar figure?"
+    )
+    probe.add_argument("--checkpoint", type=Path, required=True, help="a {name}.pth with its {name}.json beside it")
+    probe.add_argument(
+        "--tokenizer", type=Path, help="the run's tokenizer.json (default: beside the checkpoint, or results/)"
+    )
+    defaults = DEFAULT_SAMPLING
+    probe.add_argument("--bars", type=int, default=defaults.bars, help="bars after each prompt, M (%(default)s)")
+    probe.add_argument("--samples", type=int, default=defaults.samples, help="continuations per prompt, K (%(default)s)")
+    probe.add_argument("--temperature", type=float, default=defaults.temperature, help="temperature (%(default)s)")
+    probe.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass, in (0, 1] (%(default)s)")
+    probe.add_argument("--top-k", type=int, default=defaults.top_k, help="sample among the k most likely (default: all)")
+    probe.add_argument("--seed", type=int, default=defaults.seed, help="sampling and bootstrap seed (%(default)s)")
+    probe.add_argument("--device", default="cpu", help="cpu, cuda or auto (%(default)s)")
+    probe.add_argument("--threads", type=int, default=1, help="CPU threads (%(default)s)")
+    probe.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for probe.json, probe.md/.html and the prompts' files"
+    )
     args = parser.parse_args(argv)
+    if args.command != "complete":
+        return args
     if args.prompt_bars is not None and (args.from_bar is not None or args.to_bar is not None):
         parser.error("give either --prompt-bars or --from-bar/--to-bar, not both")
     if (args.from_bar is None) != (args.to_bar is None):
@@ -52,18 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def write_outputs(completion, out_dir: Path) -> None:
     """Every file into a temporary folder beside `out_dir`, then moved in: a failure leaves no partial sample."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with staged_folder(out_dir) as staging:
         for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
             full.dump_midi(str(staging / f"sample-{i}.mid"))
             continuation.dump_midi(str(staging / f"sample-{i}.continuation.mid"))
             piano_roll(full, completion.continuation_tick, staging / f"sample-{i}.png", f"sample {i}")
-        out_dir.mkdir(exist_ok=True)
-        for path in staging.iterdir():
-            os.replace(path, out_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def complete(args: argparse.Namespace) -> None:
@@ -79,10 +94,19 @@ def complete(args: argparse.Namespace) -> None:
         print(f"sample-{i}: {summary.notes} notes, {summary.bars} bars, {summary.seconds:.1f} s")
 
 
+def probe(args: argparse.Namespace) -> None:
+    sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed)
+    torch.set_num_threads(args.threads)
+    results = probe_checkpoint(args.checkpoint, args.tokenizer, sampling, args.device, args.output)
+    for name, (mean, low, high, n) in results["summary"].items():
+        print(f"{name}: {mean:.3f} [{low:.3f}, {high:.3f}] over {n} prompts")
+    print(f"report: {args.output / 'probe.md'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        complete(args)
+        {"complete": complete, "probe": probe}[args.command](args)
     except CompletionError as error:
         print(f"pianomuse: error: {error}", file=sys.stderr)
         return COMPLETION_ERROR

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -109,7 +110,16 @@ def prompt_range(prompt_bars: int | tuple[int, int] | None, n_bars: int) -> tupl
     return first - 1, last
 
 
+class Sampler(Protocol):
+    """A system that continues a tokenized prompt K ways: `Completer`, or a baseline decoder. Evaluation and the
+    probe take their sampled systems as a dict of name -> Sampler."""
+
+    def complete_ids(self, prompt: list[int], sampling: Sampling, progress: bool = True) -> Completion: ...
+
+
 class Completer:
+    system_name = "RWKV-7"  # what reports call this system
+
     def __init__(self, model: RWKV7, tokenizer: REMI, device: str = "cpu"):
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer

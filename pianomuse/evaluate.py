@@ -1,57 +1,90 @@
-"""Evaluate a trained run on the test windows: completion NLL against a unigram baseline, and musical metrics of
+"""Evaluate a trained run on the test windows, every system side by side: completion NLL per token and per note
+(the model against a unigram baseline), key agreement of continuations with their prompt, and musical metrics of
 sampled continuations against the true ones, beside two baselines (repeat the prompt's last bars, the prompt cycled
-when it has fewer than M; the bars of another test piece). Writes results/eval/{run}/: metrics.json, report.md,
-report.html and samples/.
+when it has fewer than M; the bars of another test piece) and the truth itself where a measure allows. The pattern
+probe's results (`pianomuse.probe`) join the report when given. Writes results/eval/{run}/: metrics.json,
+report.md, report.html and samples/.
 
-The NLL is scored exactly as training scores validation (`pianomuse.train.evaluate`). A prompt is a test window's
-context as the model was trained on it, and the truth is that window's completion.
+A prompt is a test window's context as the model was trained on it, and the truth is that window's completion.
+Systems come in as data: `sampled` (name -> a `Sampler`, which continues a prompt K ways) and `likelihoods`
+(name -> a `WindowNLL`, which scores the true completions), so a new baseline is one more entry in each.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow.compute as pc
 import torch
 from miditok import TokSequence
 
-from pianomuse.batching import batch_loader, pack_by_length, window_lengths
+from pianomuse.batching import collate_windows, pack_by_length, window_lengths
 from pianomuse.cli import write_outputs
-from pianomuse.complete import Completer, Sampling
-from pianomuse.metrics import METRICS, all_metrics, mean_and_ci
-from pianomuse.report import piano_roll, write_report
+from pianomuse.complete import Completer, Sampler, Sampling
+from pianomuse.metrics import KEY_NAMES, METRICS, all_metrics, best_key, key_agreement, mean_and_ci, ratio_and_ci
+from pianomuse.report import piano_roll, slug, write_report
 from pianomuse.tokens import pitch_token_ids
-from pianomuse.train import eval_subset, evaluate, resolve_device, unigram_nll
+from pianomuse.train import batch_nll, eval_subset, resolve_device, unigram_log_probs
 
-MODEL = "RWKV-7"
+UNIGRAM = "unigram"
 REPEAT = "repeat the prompt's last bars"
 OTHER_PIECE = "bars of another test piece"
+TRUTH = "true continuation"
+
+# (contexts, completions) -> each window's total NLL (nats) of its completion tokens given its context.
+WindowNLL = Callable[[list[list[int]], list[list[int]]], np.ndarray]
 
 
-def nll_results(completer: Completer, train_ds, test_ds, n_windows: int, seed: int, batch_tokens: int) -> dict:
-    """NLL per completion token and per note, for the model and the unigram baseline, on a fixed test subset."""
-    device = torch.device(completer.device)
-    subset = test_ds.select(eval_subset(window_lengths(test_ds), n_windows, seed)).flatten_indices()
-    completion_tokens = pc.list_flatten(subset.data.column("completion_ids")).to_numpy().astype(np.int64)
-    # One Pitch token per note in REMI, counted as the tokenize stage counts a piece's notes.
-    tokens, notes = len(completion_tokens), int(np.isin(completion_tokens, pitch_token_ids(completer.tokenizer)).sum())
-    lengths = window_lengths(subset)
-    loader = batch_loader(subset, pack_by_length(np.arange(len(subset)), lengths, batch_tokens),
-                          completer.tokenizer.pad_token_id, 0, scored="completion")
+def model_window_nll(model, device: torch.device, batch_tokens: int, pad_id: int) -> WindowNLL:
+    """A causal model's WindowNLL: windows packed by length into batches, only completion positions through the head."""
     autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    per_token = {
-        MODEL: evaluate(completer.model, loader, device, autocast),
-        "unigram": unigram_nll(train_ds, subset, len(completer.tokenizer.vocab)),
-    }
-    return {
-        "windows": len(subset), "tokens": tokens, "notes": notes,
-        "models": {name: {"per_token": nll, "per_note": nll * tokens / notes} for name, nll in per_token.items()},
-    }
+
+    @torch.no_grad()
+    def score(contexts: list[list[int]], completions: list[list[int]]) -> np.ndarray:
+        windows = list(zip(contexts, completions, strict=True))
+        lengths = np.array([len(context) + len(completion) for context, completion in windows])
+        totals = np.zeros(len(windows))
+        model.eval()
+        for rows in pack_by_length(np.arange(len(windows)), lengths, batch_tokens):
+            batch = collate_windows([windows[i] for i in rows], pad_id, scored="completion").to(device)
+            with autocast():
+                nll = batch_nll(model, batch, reduction="none").cpu().numpy()
+            ends = np.cumsum([len(completions[i]) for i in rows])[:-1]  # the batch's targets, row after row
+            totals[rows] = [chunk.sum() for chunk in np.split(nll, ends)]
+        return totals
+
+    return score
+
+
+def unigram_window_nll(train_ds, vocab_size: int) -> WindowNLL:
+    """The unigram baseline's WindowNLL: train completion-token frequencies, context ignored."""
+    log_probs = unigram_log_probs(train_ds, vocab_size)
+    return lambda contexts, completions: np.array([-log_probs[np.asarray(m, np.int64)].sum() for m in completions])
+
+
+def nll_results(likelihoods: dict[str, WindowNLL], tokenizer, test_ds, n_windows: int, seed: int) -> dict:
+    """NLL per completion token and per note of every likelihood system on a fixed subset of the test windows, with
+    bootstrap intervals over the windows."""
+    subset = test_ds.select(eval_subset(window_lengths(test_ds), n_windows, seed))
+    contexts, completions = subset["context_ids"], subset["completion_ids"]
+    tokens = np.array([len(m) for m in completions])
+    # One Pitch token per note in REMI, counted as the tokenize stage counts a piece's notes.
+    pitches = pitch_token_ids(tokenizer)
+    notes = np.array([np.isin(m, pitches).sum() for m in completions])
+    systems = {}
+    for name, window_nll in likelihoods.items():
+        totals = window_nll(contexts, completions)
+        systems[name] = {
+            "per_token": ratio_and_ci(totals, tokens, seed),
+            "per_note": ratio_and_ci(totals, notes, seed),
+        }
+    return {"windows": len(subset), "tokens": int(tokens.sum()), "notes": int(notes.sum()), "systems": systems}
 
 
 def choose_prompts(piece_ids: list[str], n: int, seed: int) -> list[int]:
@@ -93,23 +126,31 @@ def nan_to_none(value):
 
 
 def evaluate_run(
-    cfg: dict, bars: int, device_name: str, batch_tokens: int, run_dir, train_dir, test_dir, out_dir
+    cfg: dict,
+    bars: int,
+    completer: Completer,
+    sampled: dict[str, Sampler],
+    likelihoods: dict[str, WindowNLL],
+    test_ds,
+    out_dir,
+    probe_dir=None,
 ) -> dict:
     """Everything in the module docstring; returns the results written to metrics.json.
 
-    `cfg` is the `evaluate` config section; `bars` the windows' completion bars; `batch_tokens` bounds NLL batches.
+    `cfg` is the `evaluate` config section; `bars` the windows' completion bars; `completer` the tokenizer side
+    (decoding, the grammar's Bar id), shared by every system; `probe_dir` a folder holding probe.json, or None.
     """
-    run_dir, out_dir = Path(run_dir), Path(out_dir)
-    device = resolve_device(device_name, 0)
-    completer = Completer.load(run_dir / "best.pth", run_dir / "tokenizer.json", str(device))
-    train_ds, test_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(test_dir))
+    out_dir = Path(out_dir)
     results = {
-        "run": run_dir.name,
-        "nll": nll_results(completer, train_ds, test_ds, cfg["nll_windows"], cfg["seed"], batch_tokens),
+        "run": out_dir.name,
+        "continuation_bars": bars,
+        "sampled": list(sampled),
+        "nll": nll_results(likelihoods, completer.tokenizer, test_ds, cfg["nll_windows"], cfg["seed"]),
     }
-
     piece_ids, bar_id = test_ds["piece_id"], completer.grammar.bar_id
-    values = {system: {name: [] for name in METRICS} for system in [MODEL, REPEAT, OTHER_PIECE]}
+    compared = [*sampled, REPEAT, OTHER_PIECE]
+    values = {system: {name: [] for name in METRICS} for system in compared}
+    agreement = {system: [] for system in [*compared, TRUTH]}
     prompts = []
     for p, window in enumerate(choose_prompts(piece_ids, cfg["prompts"], cfg["seed"])):
         row = test_ds[window]
@@ -120,39 +161,75 @@ def evaluate_run(
                 "the windows were built with other settings"
             )
         sampling = Sampling(bars, cfg["samples"], cfg["temperature"], cfg["top_p"], cfg["top_k"], cfg["seed"] + p)
-        sampled = completer.complete_ids(context, sampling, progress=False)
         other = test_ds[other_piece_window(piece_ids, window, np.random.default_rng([cfg["seed"], 3, p]))]
+        prompt = completer.tokenizer.decode([context])
         truth = completer.decode_last_bars(context + completion, bars)
-        candidates = [(MODEL, continuation) for continuation in sampled.continuations] + [
+        sample_dir = out_dir / "samples" / f"prompt-{p}"
+        candidates = [
             (REPEAT, completer.decode_last_bars(repeat_last_bars(context, bar_id, bars), bars)),
             (OTHER_PIECE, completer.decode_last_bars(list(other["context_ids"]) + list(other["completion_ids"]), bars)),
         ]
+        samples = {}
+        for name, sampler in sampled.items():
+            completion_k = sampler.complete_ids(context, sampling, progress=False)
+            candidates += [(name, continuation) for continuation in completion_k.continuations]
+            write_outputs(completion_k, sample_dir / slug(name))
+            samples[name] = {
+                # Measured on the sampled ids: a MIDI file keeps no trailing empty bars to count.
+                "bars": [ids.count(bar_id) for ids in completion_k.continuation_ids],
+                "token_errors": [
+                    completer.tokenizer.tokens_errors(TokSequence(ids=context + ids))
+                    for ids in completion_k.continuation_ids
+                ],
+                "png": str((sample_dir / slug(name) / "sample-0.png").relative_to(out_dir)),
+            }
         for system, candidate in candidates:
             for name, value in all_metrics(candidate, truth).items():
                 values[system][name].append(value)
+            agreement[system].append(key_agreement(candidate, prompt))
+        agreement[TRUTH].append(key_agreement(truth, prompt))
 
-        sample_dir = out_dir / "samples" / f"prompt-{p}"
-        write_outputs(sampled, sample_dir)
+        sample_dir.mkdir(parents=True, exist_ok=True)
         truth_full = completer.tokenizer.decode([context + completion])
         truth_full.dump_midi(str(sample_dir / "truth.mid"))
-        piano_roll(truth_full, sampled.continuation_tick, sample_dir / "truth.png", f"prompt {p}: true continuation")
+        piano_roll(truth_full, completer.bars_ticks(context, truth_full.tpq), sample_dir / "truth.png",
+                   f"prompt {p}: true continuation")
+        key = best_key(prompt)
         prompts.append({
             "piece_id": row["piece_id"], "start_bar": row["start_bar"], "prompt_bars": context.count(bar_id),
-            # Measured on the sampled ids: a MIDI file keeps no trailing empty bars to count.
-            "sample_bars": [ids.count(bar_id) for ids in sampled.continuation_ids],
-            "sample_token_errors": [
-                completer.tokenizer.tokens_errors(TokSequence(ids=context + ids)) for ids in sampled.continuation_ids
-            ],
-            "sample_png": str((sample_dir / "sample-0.png").relative_to(out_dir)),
+            "prompt_key": None if key is None else KEY_NAMES[key],
+            "samples": samples,
             "truth_png": str((sample_dir / "truth.png").relative_to(out_dir)),
         })
 
-    results["continuation_bars"] = bars
+    results["key_agreement"] = {system: mean_and_ci(v, cfg["seed"]) for system, v in agreement.items()}
+    results["key_agreement_values"] = agreement
     results["metrics"] = {
         system: {name: mean_and_ci(v, cfg["seed"]) for name, v in by_name.items()} for system, by_name in values.items()
     }
     results["metric_values"] = values
     results["prompts"] = prompts
+    if probe_dir is not None:
+        results["probe"] = json.loads((Path(probe_dir) / "probe.json").read_text())
+        results["probe_dir"] = Path(os.path.relpath(probe_dir, out_dir)).as_posix()
     (out_dir / "metrics.json").write_text(json.dumps(nan_to_none(results), indent=2, allow_nan=False))
     write_report(results, out_dir)
     return results
+
+
+def evaluate_checkpoint(
+    cfg: dict, bars: int, device_name: str, batch_tokens: int, run_dir, train_dir, test_dir, out_dir, probe_dir=None
+) -> dict:
+    """`evaluate_run` on a run's best.pth: RWKV-7 sampled and scored, the unigram scored (`batch_tokens` bounds the
+    NLL batches). Baseline models join the two dicts here."""
+    run_dir = Path(run_dir)
+    completer = Completer.load(run_dir / "best.pth", run_dir / "tokenizer.json", str(resolve_device(device_name, 0)))
+    train_ds, test_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(test_dir))
+    model = completer.system_name
+    sampled = {model: completer}
+    likelihoods = {
+        model: model_window_nll(completer.model, torch.device(completer.device), batch_tokens,
+                                completer.tokenizer.pad_token_id),
+        UNIGRAM: unigram_window_nll(train_ds, len(completer.tokenizer.vocab)),
+    }
+    return evaluate_run(cfg, bars, completer, sampled, likelihoods, test_ds, out_dir, probe_dir)

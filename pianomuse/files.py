@@ -4,8 +4,10 @@ reader (or a rerun after a kill) never sees half a file."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,3 +30,22 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+@contextmanager
+def staged_folder(out_dir: str | Path) -> Iterator[Path]:
+    """A temporary folder beside `out_dir` to write into; on success its files are moved into `out_dir` (made if
+    missing, other files in it kept), on failure it is removed, so a half-written set of files never appears."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        yield staging
+        out_dir.mkdir(exist_ok=True)
+        for path in staging.iterdir():
+            target = out_dir / path.name
+            if target.is_dir() and path.is_dir():
+                shutil.rmtree(target)  # a folder of a previous run is replaced whole, not merged into
+            os.replace(path, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

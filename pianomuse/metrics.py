@@ -1,9 +1,12 @@
-"""Musical metrics of a continuation against the true one: small pure functions on symusic Scores.
+"""Musical metrics of a continuation: small pure functions on symusic Scores.
 
-Every metric compares a candidate (a model sample or a baseline) with the true continuation of the same prompt;
+Most metrics compare a candidate (a model sample or a baseline) with the true continuation of the same prompt;
 both are scores of their own, starting at tick 0 and spanning the same number of bars. Identical scores get the
 perfect value: 1 for overlaps, similarities and ratios, 0 for differences. A ratio is nan when the truth has
 nothing to divide by (no notes); the report leaves such values out of its means and says how many it used.
+
+Key agreement instead compares a continuation with its *prompt*: it needs no truth, so the truth itself gets a value
+too, and a model that ignores the prompt scores near chance (7 of 12 pitch classes) whatever it plays.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from miditok.utils import compute_ticks_per_bar
 from symusic import Score, TimeSignature
 
 MAJOR_SCALE = np.array([0, 2, 4, 5, 7, 9, 11])
+NATURAL_MINOR_SCALE = np.array([0, 2, 3, 5, 7, 8, 10])
 # A natural minor scale has the pitch classes of its relative major; the harmonic minor's raised 7th tells them apart.
 HARMONIC_MINOR_SCALE = np.array([0, 2, 3, 5, 7, 8, 11])
 VELOCITY_BINS = np.arange(0, 129, 8)  # 16 bins of 8 MIDI velocities
@@ -151,6 +155,55 @@ def scale_consistency(candidate: Score, truth: Score) -> float:
     return ratio(float(histogram[best_scale(truth)].sum()), float(histogram.sum()))
 
 
+# Krumhansl & Kessler's (1982) probe-tone ratings of the 12 pitch classes above a major / minor tonic.
+KK_MAJOR = np.array([6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88])
+KK_MINOR = np.array([6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17])
+PITCH_CLASS_NAMES = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+KEY_NAMES = [f"{name} major" for name in PITCH_CLASS_NAMES] + [f"{name} minor" for name in PITCH_CLASS_NAMES]
+IN_KEY_BY_CHANCE = len(MAJOR_SCALE) / 12
+
+
+def duration_pitch_class_histogram(score: Score) -> np.ndarray:
+    """Ticks sounded per pitch class: a held note weighs more in the key than a passing one."""
+    notes = notes_of(score)
+    return np.bincount(notes["pitch"] % 12, weights=notes["duration"], minlength=12)
+
+
+def best_key(score: Score) -> int | None:
+    """Index into KEY_NAMES of the key whose Krumhansl-Kessler profile correlates best with the score's
+    duration-weighted pitch-class histogram (Krumhansl-Schmuckler); None when the score sounds no note.
+
+    Correlation, not the largest in-scale share: the share ties whenever the notes fit several scales (C E G lies
+    in C major, G major and F major alike, and a natural minor is always tied with its relative major), so it
+    cannot name a tonic. The profiles weigh tonic and dominant above the other scale degrees, which breaks those
+    ties the way a listener would, and they tolerate chromatic passing notes.
+    """
+    histogram = duration_pitch_class_histogram(score)
+    if not histogram.sum() or np.all(histogram == histogram[0]):
+        return None  # silence, or all twelve equally: no key to find
+    profiles = [np.roll(profile, tonic) for profile in (KK_MAJOR, KK_MINOR) for tonic in range(12)]
+    correlations = [np.corrcoef(histogram, profile)[0, 1] for profile in profiles]
+    return int(np.argmax(correlations))
+
+
+def key_scale(key: int) -> np.ndarray:
+    """(12,) booleans: the pitch classes of key `key`'s major or natural minor scale."""
+    tonic, minor = key % 12, key >= 12
+    mask = np.zeros(12, dtype=bool)
+    mask[((NATURAL_MINOR_SCALE if minor else MAJOR_SCALE) + tonic) % 12] = True
+    return mask
+
+
+def key_agreement(continuation: Score, prompt: Score) -> float:
+    """Share of the continuation's notes whose pitch class lies in the prompt's key (`best_key`): 1 stays in it,
+    7/12 is what notes drawn at random would score. nan when the prompt has no key or the continuation no notes."""
+    key = best_key(prompt)
+    histogram = pitch_class_histogram(continuation)
+    if key is None:
+        return float("nan")
+    return ratio(float(histogram[key_scale(key)].sum()), float(histogram.sum()))
+
+
 # name -> (function, the perfect value): the order of the report's tables.
 METRICS = {
     "pitch-class overlap": (pitch_class_overlap, 1.0),
@@ -178,3 +231,17 @@ def mean_and_ci(values, seed: int, resamples: int = 2000) -> tuple[float, float,
     means = values[rng.integers(0, len(values), size=(resamples, len(values)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
     return float(values.mean()), float(low), float(high), len(values)
+
+
+def ratio_and_ci(numerators, denominators, seed: int, resamples: int = 2000) -> tuple[float, float, float, int]:
+    """sum(numerators) / sum(denominators) (say, NLL per token over windows of different lengths), its 95%
+    percentile-bootstrap interval over the items, and their count."""
+    numerators, denominators = np.asarray(numerators, np.float64), np.asarray(denominators, np.float64)
+    if not len(numerators) or not denominators.sum():
+        return float("nan"), float("nan"), float("nan"), len(numerators)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(numerators), size=(resamples, len(numerators)))
+    with np.errstate(divide="ignore", invalid="ignore"):  # a resample of items with no denominator: left out
+        ratios = numerators[picks].sum(axis=1) / denominators[picks].sum(axis=1)
+    low, high = np.percentile(ratios[np.isfinite(ratios)], [2.5, 97.5])
+    return float(numerators.sum() / denominators.sum()), float(low), float(high), len(numerators)

@@ -51,24 +51,94 @@ def interval(summary: list) -> str:
     return f"{number(mean)} [{number(low)}, {number(high)}] (n={n})"
 
 
+def slug(name: str) -> str:
+    """A system's name as a file or folder name: "RWKV-7" -> "rwkv-7"."""
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+
+
 def prompt_name(prompt: dict) -> str:
     return f"{prompt['piece_id']} from bar {prompt['start_bar'] + 1}"
 
 
-def report_tables(results: dict) -> list[Table]:
-    nll = results["nll"]
-    tables = [
+def system_row(label: str, summaries: dict, systems: list[str]) -> list[str]:
+    return [label, *(interval(summaries[s]) for s in systems)]
+
+
+def nll_tables(nll: dict) -> list[Table]:
+    systems = list(nll["systems"])
+    counted = (
+        f"the true continuations of {nll['windows']} test windows ({nll['tokens']} tokens, {nll['notes']} notes); "
+        "nats, mean [95% bootstrap interval over windows] (n = windows)"
+    )
+    return [
         Table(
-            "Completion NLL",
-            f"test windows: {nll['windows']}, completion tokens: {nll['tokens']}, notes: {nll['notes']} "
-            "(nats; per note = the completion tokens' total NLL / their notes)",
-            ["model", "NLL per token", "NLL per note"],
-            [[name, number(v["per_token"]), number(v["per_note"])] for name, v in nll["models"].items()],
-        )
+            "Completion NLL per token",
+            f"{counted}; the total NLL of the completion tokens over their number",
+            ["measure", *systems],
+            [system_row("NLL per token", {s: nll["systems"][s]["per_token"] for s in systems}, systems)],
+        ),
+        Table(
+            "Completion NLL per note",
+            f"{counted}; the total NLL of the completion tokens over the notes they hold (one Pitch token each), "
+            "so that models over other tokenizations compare",
+            ["measure", *systems],
+            [system_row("NLL per note", {s: nll["systems"][s]["per_note"] for s in systems}, systems)],
+        ),
     ]
+
+
+def probe_tables(probe: dict, image_root: str) -> list[Table]:
+    """The pattern probe's tables; `image_root` leads from the report's folder to the probe's."""
+    systems, settings = probe["systems"], probe["settings"]
+    prompts = probe["prompts"]
+    summary_rows = [system_row(f"all {len(prompts)} prompts", probe["summary"], systems)] + [
+        system_row(texture, summaries, systems) for texture, summaries in probe["by_texture"].items()
+    ]
+    return [
+        Table(
+            "Pattern continuation probe",
+            f"each prompt: a one-bar figure played {probe['prompt_bars']} times, continued for M = {settings['bars']} "
+            f"bars x K = {settings['samples']} samples (temperature {settings['temperature']}, top-p "
+            f"{settings['top_p']}, top-k {settings['top_k'] or 'all'}, seed {settings['seed']} + prompt number); "
+            "score: F1 of the (sixteenth-note onset slot, pitch) pairs of each continuation bar against the figure's, "
+            "mean over bars (1 = keeps the figure); mean [95% bootstrap interval over prompts] (n = prompts). "
+            "References: the figure played on (must be 1), a semitone up, another prompt's figure in the same meter",
+            ["prompts", *systems],
+            summary_rows,
+        ),
+        Table(
+            "Pattern continuation probe, per prompt",
+            "mean [95% bootstrap interval over samples] (n = samples)",
+            ["prompt", "key", "meter", *systems],
+            [[p["name"], p["key"], p["time_signature"], *(interval(p["summary"][s]) for s in systems)]
+             for p in prompts],
+        ),
+        Table(
+            "Pattern continuation probe: piano rolls",
+            "blue: the prompt, orange: sample 0's continuation",
+            ["prompt", *(f"{s} sample 0" for s in probe["sampled"])],
+            [[p["name"], *(("image", image_root + p["rolls"][s]) for s in probe["sampled"])] for p in prompts],
+        ),
+    ]
+
+
+def report_tables(results: dict) -> list[Table]:
+    bars, sampled = results["continuation_bars"], results["sampled"]
+    agreement = results["key_agreement"]
+    tables = nll_tables(results["nll"])
+    tables.append(
+        Table(
+            "Key agreement with the prompt",
+            "share of each continuation's notes whose pitch class lies in the prompt's key (the major or minor key "
+            "whose Krumhansl-Kessler profile correlates best with the prompt's duration-weighted pitch classes; "
+            "its major or natural minor scale); chance: 7/12 = 0.583; the true continuation scored the same way. "
+            "mean [95% bootstrap interval] (n = continuations)",
+            ["measure", *agreement],
+            [system_row("key agreement", agreement, list(agreement))],
+        )
+    )
     systems = list(results["metrics"])
     metric_names = list(results["metrics"][systems[0]])
-    bars = results["continuation_bars"]
     tables.append(
         Table(
             "Musical metrics against the true continuation",
@@ -80,16 +150,26 @@ def report_tables(results: dict) -> list[Table]:
             [[name, *(interval(results["metrics"][s][name]) for s in systems)] for name in metric_names],
         )
     )
+    if "probe" in results:
+        tables += probe_tables(results["probe"], results["probe_dir"] + "/")
     tables.append(
         Table(
             "Prompts and samples",
             "bars counted in the sampled ids (a MIDI file keeps no trailing empty bar); token errors: miditok's "
             "tokens_errors of prompt + continuation, the share of tokens that may not follow the ones before (0: none)",
-            ["prompt", "prompt bars", "bars per sample", "token errors per sample"],
+            ["prompt", "prompt key", "prompt bars",
+             *(f"{s}: {what}" for s in sampled for what in ["bars per sample", "token errors per sample"])],
             [
                 [
-                    prompt_name(p), str(p["prompt_bars"]), ", ".join(map(str, p["sample_bars"])),
-                    ", ".join(f"{errors:g}" for errors in p["sample_token_errors"]),
+                    prompt_name(p), p["prompt_key"] or "none", str(p["prompt_bars"]),
+                    *(
+                        cell
+                        for s in sampled
+                        for cell in [
+                            ", ".join(map(str, p["samples"][s]["bars"])),
+                            ", ".join(f"{errors:g}" for errors in p["samples"][s]["token_errors"]),
+                        ]
+                    ),
                 ]
                 for p in results["prompts"]
             ],
@@ -99,9 +179,9 @@ def report_tables(results: dict) -> list[Table]:
         Table(
             "Piano rolls",
             "blue: the prompt, orange: the continuation",
-            ["prompt", "model sample 0", "true continuation"],
+            ["prompt", *(f"{s} sample 0" for s in sampled), "true continuation"],
             [
-                [prompt_name(p), ("image", p["sample_png"]), ("image", p["truth_png"])]
+                [prompt_name(p), *(("image", p["samples"][s]["png"]) for s in sampled), ("image", p["truth_png"])]
                 for p in results["prompts"]
             ],
         )

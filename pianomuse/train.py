@@ -112,13 +112,17 @@ def evaluate(model, loader, device, autocast) -> float:
     return total / count
 
 
+def unigram_log_probs(train_ds, vocab_size: int) -> np.ndarray:
+    """Log-probability of each token under the train completion-token frequencies."""
+    train_tokens = pc.list_flatten(train_ds.data.column("completion_ids")).to_numpy().astype(np.int64)
+    counts = np.bincount(train_tokens, minlength=vocab_size) + 1.0  # add-one: unseen tokens keep a finite cost
+    return np.log(counts / counts.sum())
+
+
 def unigram_nll(train_ds, val_ds, vocab_size: int) -> float:
     """The baseline a model must beat: NLL per validation completion token under train completion-token frequencies."""
-    train_tokens = pc.list_flatten(train_ds.data.column("completion_ids")).to_numpy().astype(np.int64)
     val_tokens = pc.list_flatten(val_ds.data.column("completion_ids")).to_numpy().astype(np.int64)
-    counts = np.bincount(train_tokens, minlength=vocab_size) + 1.0  # add-one: unseen tokens keep a finite cost
-    log_probs = np.log(counts / counts.sum())
-    return float(-log_probs[val_tokens].mean())
+    return float(-unigram_log_probs(train_ds, vocab_size)[val_tokens].mean())
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
-from pianomuse.tokenizer import build_tokenizer, save_tokenizer
+from pianomuse.checkpoint import save_weights
+from pianomuse.kernels.checks import perturbed_model
+from pianomuse.model import RWKV7Config
+from pianomuse.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_hash
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,6 +33,28 @@ def tokenizer_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tokenizer") / "tokenizer.json"
     save_tokenizer(build_tokenizer(**settings), path)
     return path
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory, tokenizer_path) -> Path:
+    """A random tiny model saved as train saves it, with the run's tokenizer beside it. Perturbed: at RWKV-LM's
+    initialisation every block is the identity, so the logits would not depend on the state at all."""
+    run_dir = tmp_path_factory.mktemp("run")
+    config = RWKV7Config(vocab_size=len(load_tokenizer(tokenizer_path).vocab), n_layer=2, n_embd=64, head_size=32)
+    info = {"model": vars(config), "tokenizer_hash": tokenizer_hash(tokenizer_path), "step": 0}
+    save_weights(perturbed_model(config), info, run_dir, "best")
+    shutil.copy(tokenizer_path, run_dir / "tokenizer.json")
+    return run_dir / "best.pth"
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test."""
+    # Decoding a tiny batch gains nothing from intra-op threads, and on a shared machine they make it crawl.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ A random tiny model is the hardest case for the grammar (it would emit anything)
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,40 +15,13 @@ from midi_factory import make_piano_score, write_midi
 from miditok import TokSequence
 
 import pianomuse.complete as complete_module
-from pianomuse.checkpoint import save_weights
 from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
-from pianomuse.kernels.checks import perturbed_model
 from pianomuse.kernels.decode import CompiledStep
-from pianomuse.model import RWKV7Config
 from pianomuse.sampling import StreamUniforms
-from pianomuse.tokenizer import (
-    build_tokenizer,
-    load_tokenizer,
-    save_tokenizer,
-    tokenizer_hash,
-)
+from pianomuse.tokenizer import build_tokenizer, save_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Decoding a tiny batch gains nothing from intra-op threads, and on a shared machine they make it crawl.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory, tokenizer_path) -> Path:
-    """A random tiny model saved as train saves it, with the run's tokenizer beside it. Perturbed: at RWKV-LM's
-    initialisation every block is the identity, so the logits would not depend on the state at all."""
-    run_dir = tmp_path_factory.mktemp("run")
-    config = RWKV7Config(vocab_size=len(load_tokenizer(tokenizer_path).vocab), n_layer=2, n_embd=64, head_size=32)
-    info = {"model": vars(config), "tokenizer_hash": tokenizer_hash(tokenizer_path), "step": 0}
-    save_weights(perturbed_model(config), info, run_dir, "best")
-    shutil.copy(tokenizer_path, run_dir / "tokenizer.json")
-    return run_dir / "best.pth"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="session")

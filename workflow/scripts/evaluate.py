@@ -1,6 +1,8 @@
+from pathlib import Path
+
 import torch
 
-from pianomuse.evaluate import evaluate_run
+from pianomuse.evaluate import evaluate_checkpoint
 from pianomuse.kernels.build import use_recorded_kernels
 from pianomuse.logs import log_to_file
 
@@ -8,7 +10,7 @@ log = log_to_file(snakemake.log[0])
 use_recorded_kernels(snakemake.input.kernels)
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
-evaluate_run(
+evaluate_checkpoint(
     params.settings, params.completion_bars, params.device, params.batch_tokens,
-    params.run_dir, snakemake.input.train, snakemake.input.test, params.eval_dir,
+    params.run_dir, snakemake.input.train, snakemake.input.test, params.eval_dir, Path(snakemake.input.probe).parent,
 )
