@@ -1,9 +1,10 @@
 """An n-gram model over REMI tokens with interpolated modified Kneser-Ney smoothing: the count-based baseline.
 
 Fitted on the train windows' token streams (context + completion), each window read from its start: a window is
-preceded by n-1 boundary tokens (the tokenizer's PAD, which no window contains), as a sentence by <s>. The order is
-chosen by the completion NLL on the validation windows, scored as RWKV-7 is scored: the completion tokens given
-the context.
+preceded by n-1 boundary tokens (the tokenizer's PAD, which no window contains), as a sentence by <s>. Each bar of a
+piece is counted once, although it lies in several overlapping windows (see `fresh_starts`). The order is chosen
+by the completion NLL on the validation windows, scored as RWKV-7 is scored: the completion tokens given the
+context.
 
 Smoothing (Chen & Goodman 1999, as KenLM estimates it): for a history h and its lower-order history h',
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,9 +78,15 @@ class NgramCounts:
     from_boundary: list[np.ndarray]  # whether the n-gram starts with the boundary token
 
     @classmethod
-    def fit(cls, sequences: list[np.ndarray], max_order: int, vocab_size: int, boundary: int) -> NgramCounts:
+    def fit(
+        cls, sequences: list[np.ndarray], max_order: int, vocab_size: int, boundary: int,
+        counted_from: np.ndarray | None = None,
+    ) -> NgramCounts:  # fmt: skip
+        """Count the n-grams ending at positions counted_from[i].. of each sequence i (default: all of it); the
+        tokens before serve as history only."""
         tokens, offsets = padded_streams(sequences, max_order - 1, boundary)
-        real = tokens != boundary
+        first = max_order - 1 + (np.zeros(len(sequences), np.int64) if counted_from is None else counted_from)
+        real = offsets >= np.repeat(first, [max_order - 1 + len(s) for s in sequences])
         counts = cls(vocab_size, boundary, [], [], [], [])
         ids = None  # each position's number of the (k-1)-gram ending there, -1 where it would leave its sequence
         for k in range(1, max_order + 1):
@@ -275,9 +283,28 @@ def choose_order(
     nll = {}
     for order in orders:
         nll[order] = float(NgramModel.from_counts(counts, order).window_nll(contexts, completions).sum() / tokens)
-        print(f"order {order}: validation NLL per completion token {nll[order]:.4f}", flush=True)
+        print(f"order {order}: validation NLL per completion token {nll[order]:.4f}", file=sys.stderr)
     best = min(nll, key=nll.get)
     return NgramModel.from_counts(counts, best), nll
+
+
+def fresh_starts(dataset, streams: list[np.ndarray], bar_id: int) -> np.ndarray:
+    """Per window, where its bars that no earlier window of the same piece and transposition holds begin.
+
+    Windows overlap (a bar is in context_bars / step + 1 of them, 3 by default): counted in full, every n-gram
+    would be counted about 3 times, and the counts of counts that set the Kneser-Ney discounts would be those of
+    the windowing (almost no n-gram seen once or twice), not of the music. Counting each bar once, from the first
+    window that holds it (the window's earlier bars still serve as history), keeps the counts the music's."""
+    piece, start, transpose = dataset["piece_id"], dataset["start_bar"], dataset["transpose"]
+    covered: dict[tuple, int] = {}  # (piece, transposition) -> bars held by the windows seen so far
+    starts = np.zeros(len(streams), dtype=np.int64)
+    for i in sorted(range(len(streams)), key=lambda i: (piece[i], transpose[i], start[i])):
+        bar_starts = np.flatnonzero(streams[i] == bar_id)
+        key = (piece[i], transpose[i])
+        new_from = max(0, covered.get(key, 0) - start[i])
+        starts[i] = bar_starts[new_from] if new_from < len(bar_starts) else len(streams[i])
+        covered[key] = max(covered.get(key, 0), start[i] + len(bar_starts))
+    return starts
 
 
 def seeded_subset(dataset, n: int | None, seed: int, stream: int):
@@ -301,9 +328,10 @@ def fit_ngram(
     val_ds = seeded_subset(datasets.load_from_disk(str(val_dir)), validation_windows, seed, 1)
     streams = window_streams(train_ds)
     # The boundary is PAD: miditok always has it, and no window contains it.
-    counts = NgramCounts.fit(streams, max(orders), len(tokenizer.vocab), tokenizer.pad_token_id)
+    fresh = fresh_starts(train_ds, streams, tokenizer.vocab["Bar_None"])
+    counts = NgramCounts.fit(streams, max(orders), len(tokenizer.vocab), tokenizer.pad_token_id, fresh)
     print(f"counted orders 1-{max(orders)} on {len(streams)} train windows "
-          f"({sum(map(len, streams))} tokens) in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
+          f"({sum(map(len, streams))} tokens, {int(sum(map(len, streams)) - fresh.sum())} new) in {time.perf_counter() - start:.1f} s", file=sys.stderr)  # fmt: skip
     model, nll = choose_order(counts, sorted(orders), val_ds["context_ids"], val_ds["completion_ids"])
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "model.npz")
@@ -315,5 +343,5 @@ def fit_ngram(
         "validation_windows": len(val_ds), "seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write(out_dir / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
-    print(f"chose order {model.order}", flush=True)
+    print(f"chose order {model.order}", file=sys.stderr)
     return info
