@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from midi_factory import make_piano_score
+from midi_factory import make_piano_score, write_midi
 from test_complete import check_samples
 from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
 
+from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
 from pianomuse.ngram import NgramCounts, NgramDecoder, NgramModel, choose_order, discounts, fit_ngram, fresh_starts
 from pianomuse.tokenizer import load_tokenizer
@@ -209,6 +210,14 @@ def test_samples_are_valid_remi_with_m_bars_and_deterministic_for_a_seed(ngram_r
             assert completer.generate(prompt, sampling, progress=False) == continuations
         other = completer.generate(prompt, Sampling(bars=3, samples=4, seed=11), progress=False)
         assert other != continuations
+
+
+def test_the_complete_command_takes_an_ngram_checkpoint(ngram_run, tmp_path, capsys):
+    run_dir, _ = ngram_run
+    prompt = write_midi(make_piano_score(4, 6, seed=2), tmp_path / "prompt.mid")
+    args = ["complete", str(prompt), "--checkpoint", str(run_dir / "model.npz"), "--bars", "2", "--samples", "2"]
+    assert main([*args, "-o", str(tmp_path / "out")]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 2 and (tmp_path / "out/sample-1.mid").is_file()
 
 
 def test_a_figure_prompt_is_continued_with_its_pitches(ngram_run):
