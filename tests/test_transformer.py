@@ -11,7 +11,7 @@ import torch
 import yaml
 from midi_factory import make_piano_score
 from test_complete import check_samples
-from test_train import run, run_config, synthetic_data  # noqa: F401 (a fixture)
+from test_train import deterministic_columns, run, run_config, synthetic_data  # noqa: F401 (a fixture)
 
 from pianomuse.complete import Completer, CompletionError, Sampling
 from pianomuse.config import apply_preset
@@ -132,6 +132,22 @@ def test_a_tiny_transformer_trains_through_train_and_completes_valid_remi(synthe
     continuations = completer.generate(prompt, sampling, progress=False)
     check_samples(completer, prompt, continuations, bars=3)
     assert completer.generate(prompt, sampling, progress=False) == continuations  # deterministic for a seed
+
+
+def test_a_transformer_run_is_deterministic_and_resumes_bit_exactly(synthetic_data, tmp_path):  # noqa: F811
+    config = run_config()
+    config["model"]["arch"] = "transformer"
+    torch.use_deterministic_algorithms(True)
+    try:
+        run(config, synthetic_data, tmp_path / "straight")
+        run(config, synthetic_data, tmp_path / "resumed", stop_at_step=4)
+        run(config, synthetic_data, tmp_path / "resumed")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    rows = [deterministic_columns(read_metrics(tmp_path / name / "metrics.csv")) for name in ["straight", "resumed"]]
+    assert rows[0] == rows[1] and len(rows[0]) == 8
+    a, b = (torch.load(tmp_path / name / "last.pth") for name in ["straight", "resumed"])
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_rwkv7_runs_name_their_arch_and_a_wrong_arch_is_a_clear_error(synthetic_data, tmp_path):  # noqa: F811
