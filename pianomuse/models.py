@@ -24,7 +24,7 @@ def matched_mlp_hidden(vocab_size: int, n_layer: int, n_embd: int, head_size: in
     """The Transformer's MLP width that gives it RWKV-7's parameter count at the same size (a multiple of 32).
 
     RWKV-7's blocks hold ~13-16 C^2 parameters (4 C^2 attention projections, an 8 C^2 channel mix, LoRAs whose share
-    shrinks as C grows), so no fixed MLP ratio matches at every width: it is ~4.8 C at C=128 and ~4.6 C at C=256.
+    shrinks as C grows), so no fixed MLP ratio matches at every width: it is 5.25 C at C=128 and ~4.6 C at C=256.
     """
     with torch.device("meta"):  # shapes only: no memory, no initialisation work
         target = sum(p.numel() for p in RWKV7(RWKV7Config(vocab_size, n_layer, n_embd, head_size)).parameters())
