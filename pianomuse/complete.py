@@ -21,7 +21,7 @@ from miditok.utils import compute_ticks_per_bar
 from symusic import Score, TimeSignature
 from tqdm import tqdm
 
-from pianomuse.models import decoder_for, load_model
+from pianomuse.models import LEGACY_ARCH, decoder_for, load_model
 from pianomuse.sampling import (
     GrammarState,
     GrammarTables,
@@ -149,8 +149,9 @@ class Completer:
         try:
             model = load_model(checkpoint, info)
         except Exception as error:
-            arch = info.get("arch", "rwkv7")
-            raise CompletionError(f"{checkpoint} is not a {arch} checkpoint: {type(error).__name__}: {error}") from error
+            arch = info.get("arch", LEGACY_ARCH)
+            message = f"{checkpoint} is not a {arch} checkpoint: {type(error).__name__}: {error}"
+            raise CompletionError(message) from error
         return cls(model, load_tokenizer(tokenizer_path), device)
 
     def prompt_ids(self, score_or_path: Score | str | Path, prompt_bars: int | tuple[int, int] | None) -> list[int]:

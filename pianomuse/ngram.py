@@ -183,9 +183,10 @@ class NgramModel:
         lengths = np.array([len(s) for s in sequences]) + self.order - 1
         ends = np.cumsum(lengths)
         completion_lengths = np.array([len(m) for m in completions])
-        positions = np.concatenate([np.arange(end - n, end) for end, n in zip(ends, completion_lengths)]).astype(np.int64)
-        nll = -np.log(self.probabilities(tokens, offsets, positions))
-        return np.bincount(np.repeat(np.arange(len(sequences)), completion_lengths), weights=nll, minlength=len(sequences))
+        positions = np.concatenate([np.arange(end - n, end) for end, n in zip(ends, completion_lengths)])
+        nll = -np.log(self.probabilities(tokens, offsets, positions.astype(np.int64)))
+        windows = np.repeat(np.arange(len(sequences)), completion_lengths)
+        return np.bincount(windows, weights=nll, minlength=len(sequences))
 
     def next_token_probs(self, histories: np.ndarray) -> np.ndarray:
         """[B, V] P(w | each row's last n-1 tokens), histories [B, n-1] (boundary tokens before a stream's start)."""
@@ -330,8 +331,9 @@ def fit_ngram(
     # The boundary is PAD: miditok always has it, and no window contains it.
     fresh = fresh_starts(train_ds, streams, tokenizer.vocab["Bar_None"])
     counts = NgramCounts.fit(streams, max(orders), len(tokenizer.vocab), tokenizer.pad_token_id, fresh)
-    print(f"counted orders 1-{max(orders)} on {len(streams)} train windows "
-          f"({sum(map(len, streams))} tokens, {int(sum(map(len, streams)) - fresh.sum())} new) in {time.perf_counter() - start:.1f} s", file=sys.stderr)  # fmt: skip
+    tokens = sum(map(len, streams))
+    print(f"counted orders 1-{max(orders)} on {len(streams)} train windows ({tokens} tokens, each bar once: "
+          f"{tokens - int(fresh.sum())}) in {time.perf_counter() - start:.1f} s", file=sys.stderr)  # fmt: skip
     model, nll = choose_order(counts, sorted(orders), val_ds["context_ids"], val_ds["completion_ids"])
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save(out_dir / "model.npz")
@@ -339,7 +341,7 @@ def fit_ngram(
     info = {
         "arch": "ngram", "order": model.order, "tokenizer_hash": tokenizer_hash(tokenizer_path),
         "validation_nll": {str(order): value for order, value in nll.items()},
-        "train_windows": len(streams), "train_tokens": int(sum(map(len, streams))),
+        "train_windows": len(streams), "train_tokens": int(tokens),
         "validation_windows": len(val_ds), "seconds": round(time.perf_counter() - start, 1),
     }
     atomic_write(out_dir / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))

@@ -10,7 +10,8 @@ Choices made for a fair comparison with `pianomuse.model.RWKV7` at the same n_la
   be read (as RWKV-7 can), and attention sees relative offsets, which is what repeating a bar-long figure needs;
 - an untied head, as RWKV-7's: embedding and head hold the same parameters in both models, and the blocks differ;
 - the MLP width is the free knob that brings the parameter count to RWKV-7's (see `pianomuse.models`);
-- the embedding is `emb` and the head `head`, so the optimiser's decay groups apply unchanged (`train.optimizer_groups`).
+- the embedding is `emb` and the head `head`, so the optimiser's decay groups apply unchanged
+  (`train.optimizer_groups`).
 """
 
 from __future__ import annotations
@@ -116,7 +117,8 @@ class SelfAttention(nn.Module):
             if start > 0:  # queries at start.. see every cached key and the new ones up to their own position
                 causal = False
                 if T > 1:
-                    mask = torch.arange(start + T, device=x.device) <= torch.arange(start, start + T, device=x.device)[:, None]
+                    positions = torch.arange(start + T, device=x.device)
+                    mask = positions <= positions[start:, None]
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and T > 1)
         return self.output(y.transpose(1, 2).reshape(B, T, C))
 
@@ -148,10 +150,10 @@ class Transformer(nn.Module):
         self.ln_out = nn.LayerNorm(C)
         self.head = nn.Linear(C, V, bias=False)
         # GPT-2's initialisation: N(0, 0.02), the projections into the residual stream scaled by 1/sqrt(2L).
+        residual = ("att.output.weight", "mlp.2.weight")
         for name, param in self.named_parameters():
             if param.ndim == 2:
-                std = 0.02 / math.sqrt(2 * config.n_layer) if name.endswith(("att.output.weight", "mlp.2.weight")) else 0.02
-                nn.init.normal_(param, std=std)
+                nn.init.normal_(param, std=0.02 / math.sqrt(2 * config.n_layer) if name.endswith(residual) else 0.02)
 
     def forward(
         self, idx: torch.Tensor, head_positions: torch.Tensor | None = None, cache: KVCache | None = None
