@@ -1,7 +1,7 @@
 """Checkpoint files of a training run, written atomically so that a kill at any moment leaves a loadable set.
 
-    last.pth / best.pth         model state dict only (RWKV-LM .pth layout): portable, loadable by the `rwkv` package
-    last.json / best.json       model config, tokenizer hash, step and metrics of the weights beside them
+    last.pth / best.pth         model state dict only (RWKV-7: RWKV-LM .pth layout, loadable by the `rwkv` package)
+    last.json / best.json       arch, model config, tokenizer hash, step and metrics of the weights beside them
     last.state.pt               what resuming needs: weights, optimiser, scheduler, RNG, data position
 """
 
@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pianomuse.files import atomic_write
-from pianomuse.model import save_rwkv_pth
+from pianomuse.models import save_model
 
 
 def save_torch(obj, path: Path) -> None:
@@ -27,8 +27,8 @@ def save_json(obj: dict, path: Path) -> None:
 
 
 def save_weights(model: torch.nn.Module, info: dict, run_dir: Path, name: str) -> None:
-    """`{name}.pth` (RWKV-LM layout, fp32 on CPU) and `{name}.json` (its description)."""
-    atomic_write(run_dir / f"{name}.pth", lambda tmp: save_rwkv_pth(model, tmp))
+    """`{name}.pth` (fp32 on CPU; RWKV-7's in RWKV-LM's layout) and `{name}.json` (its description)."""
+    atomic_write(run_dir / f"{name}.pth", lambda tmp: save_model(model, tmp))
     save_json(info, run_dir / f"{name}.json")
 
 

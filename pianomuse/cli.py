@@ -23,7 +23,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     complete = commands.add_parser("complete", help="continue the bars of a MIDI prompt K ways")
     complete.add_argument("prompt", type=Path, help="MIDI file holding the prompt")
-    complete.add_argument("--checkpoint", type=Path, required=True, help="a {name}.pth with its {name}.json beside it")
+    complete.add_argument(
+        "--checkpoint", type=Path, required=True,
+        help="a {name}.pth (RWKV-7 or Transformer) or an n-gram {name}.npz, with its {name}.json beside it",
+    )
     complete.add_argument(
         "--tokenizer", type=Path, help="the run's tokenizer.json (default: beside the checkpoint, or results/)"
     )

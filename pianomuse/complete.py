@@ -2,9 +2,10 @@
 
 The prompt is tokenized with the training tokenizer and cut at Bar tokens like a window's context (its first bar
 restates the time signature and tempo in force), then a Bar token is appended: continuations start on a new bar,
-as the training completions do. The model reads the prompt once in parallel mode; its state is copied K times and
-the K samples are decoded together in RNN mode, one token per step, under the REMI grammar mask. A stream ends when
-it would start bar M+1.
+as the training completions do. The model reads the prompt once (RWKV-7 in parallel mode); its state is copied K
+times and the K samples are decoded together, one token per step (RWKV-7 in RNN mode), under the REMI grammar mask.
+A stream ends when it would start bar M+1. The engine drives any model through `pianomuse.decoding.Decoder`:
+RWKV-7, the Transformer baseline (a KV cache) and the n-gram baseline are all sampled by this one loop.
 """
 
 from __future__ import annotations
@@ -21,8 +22,7 @@ from miditok.utils import compute_ticks_per_bar
 from symusic import Score, TimeSignature
 from tqdm import tqdm
 
-from pianomuse.kernels.decode import decode_step_for
-from pianomuse.model import RWKV7, LayerState, load_rwkv_pth, state_repeat
+from pianomuse.models import LEGACY_ARCH, SYSTEM_NAMES, arch_of, decoder_for, load_model
 from pianomuse.sampling import (
     GrammarState,
     GrammarTables,
@@ -118,20 +118,32 @@ class Sampler(Protocol):
 
 
 class Completer:
-    system_name = "RWKV-7"  # what reports call this system
+    """Samples continuations from a model (RWKV-7, Transformer or n-gram: see `pianomuse.models`)."""
 
-    def __init__(self, model: RWKV7, tokenizer: REMI, device: str = "cpu"):
-        self.model = model.to(device).eval()
+    def __init__(self, model, tokenizer: REMI, device: str = "cpu"):
+        self.decoder = decoder_for(model, device)
         self.tokenizer = tokenizer
-        self.device = device
         self.grammar = GrammarTables.of(tokenizer)
-        self.step = decode_step_for(self.model)  # RWKV7.step, compiled into one call on the CPU
         self.markers = TempoMarkers.of(tokenizer)
+
+    @property
+    def model(self):
+        return self.decoder.model
+
+    @property
+    def device(self) -> str:
+        return str(self.decoder.device)
+
+    @property
+    def system_name(self) -> str:
+        """What reports call this system: RWKV-7, Transformer or n-gram."""
+        return SYSTEM_NAMES[arch_of(self.model)]
 
     @classmethod
     def load(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):
-        """A checkpoint `{name}.pth` with its `{name}.json`; the tokenizer is the run's (see `find_tokenizer`)
-        unless given, and must be the one the checkpoint was trained with."""
+        """A checkpoint (`{name}.pth`, or an n-gram's `{name}.npz`) with its `{name}.json`, which names the arch; the
+        tokenizer is the run's (see `find_tokenizer`) unless given, and must be the one the checkpoint was trained
+        with."""
         checkpoint = Path(checkpoint_path)
         info_path = checkpoint.with_suffix(".json")
         if not checkpoint.is_file():
@@ -148,9 +160,11 @@ class Completer:
                 f"but {tokenizer_path} is {tokenizer_hash(tokenizer_path)}"
             )
         try:
-            model = load_rwkv_pth(checkpoint)
+            model = load_model(checkpoint, info)
         except Exception as error:
-            raise CompletionError(f"{checkpoint} is not an RWKV-7 checkpoint: {type(error).__name__}: {error}") from error
+            arch = info.get("arch", LEGACY_ARCH)
+            message = f"{checkpoint} is not a {arch} checkpoint: {type(error).__name__}: {error}"
+            raise CompletionError(message) from error
         return cls(model, load_tokenizer(tokenizer_path), device)
 
     def prompt_ids(self, score_or_path: Score | str | Path, prompt_bars: int | tuple[int, int] | None) -> list[int]:
@@ -171,9 +185,9 @@ class Completer:
         """K continuations of M bars after `prompt_ids`, each starting with its first Bar token."""
         bars, samples = sampling.bars, sampling.samples
         start = prompt_ids + [self.grammar.bar_id]
-        logits, model_state = self.model(torch.tensor([start], device=self.device), return_state=True)
-        logits = logits[:, -1].repeat_interleave(samples, dim=0)
-        model_state = state_repeat(model_state, samples)
+        logits, state = self.decoder.prefill(start)
+        logits = logits.repeat_interleave(samples, dim=0)
+        state = self.decoder.repeat(state, samples)
         grammar = GrammarState.after(self.grammar, start).repeat(samples)
         last_bar = int(grammar.bars[0]) + bars - 1  # the Bar count (prompt's included) in the continuation's last bar
         streams = list(range(samples))  # the stream of each batch row: a stream leaves the batch when it ends
@@ -197,10 +211,9 @@ class Completer:
                         return continuations
                     streams = [stream for stream, kept in zip(streams, keep.tolist()) if kept]
                     ids, grammar = ids[keep], grammar.select(keep)
-                    rows = keep.to(self.device)
-                    model_state = [LayerState(*(tensor[rows] for tensor in layer)) for layer in model_state]
+                    state = self.decoder.select(state, keep)
                 advance(self.grammar, grammar, ids)
-                logits, model_state = self.step(ids.to(self.device), model_state)
+                logits, state = self.decoder.step(ids.to(self.decoder.device), state)
 
     def complete(
         self,

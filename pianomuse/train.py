@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from pianomuse.batching import batch_loader, epoch_batches, pack_by_length, shard_for_rank, window_lengths
 from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_json, save_resume_point, save_weights
-from pianomuse.model import RWKV7, RWKV7Config
+from pianomuse.models import LEGACY_ARCH, arch_of, build_model, model_config as arch_config
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
 
 METRICS_COLUMNS = [
@@ -234,15 +234,12 @@ def plot_losses(metrics_path: Path, out_path: Path, unigram: float | None = None
 # The training run
 
 
-def model_config(config: dict, vocab_size: int) -> RWKV7Config:
+def model_config(config: dict, vocab_size: int):
+    """The config of the model that `model.arch` names (RWKV-7 or the same-size Transformer)."""
     model, train = config["model"], config["train"]
-    return RWKV7Config(
-        vocab_size=vocab_size,
-        n_layer=model["n_layer"],
-        n_embd=model["n_embd"],
-        head_size=model["head_size"],
-        dropout=train["dropout"],
-        grad_checkpoint=train["grad_checkpoint"],
+    return arch_config(
+        model.get("arch", LEGACY_ARCH), vocab_size, model["n_layer"], model["n_embd"], model["head_size"],
+        dropout=train["dropout"], grad_checkpoint=train["grad_checkpoint"],
     )
 
 
@@ -306,7 +303,7 @@ def train(
     full_val_batches = pack_by_length(np.arange(len(val_lengths)), val_lengths, cfg["batch_tokens"])
 
     mconfig = model_config(config, vocab_size)
-    model = RWKV7(mconfig).to(device)
+    model = build_model(mconfig).to(device)
     optimizer, scheduler = make_optimizer(model, cfg, max_steps)
     step, epoch, batch_in_epoch, best_val, skipped = 0, 0, 0, math.inf, 0
     guard = NonFiniteGuard(cfg["max_nonfinite_steps"])
@@ -341,7 +338,8 @@ def train(
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     info = {
-        "model": dataclasses.asdict(mconfig), "tokenizer_hash": tokenizer_hash(tokenizer_path), "n_params": n_params
+        "arch": arch_of(raw_model), "model": dataclasses.asdict(mconfig), "tokenizer_hash": tokenizer_hash(tokenizer_path),
+        "n_params": n_params,
     }
     if is_writer:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -91,11 +91,11 @@ def test_prompt_is_read_once_and_batched_samples_match_single_ones(completer, mo
 
 def test_compiled_decoding_step_samples_what_the_twin_samples(completer, monkeypatch):
     """The Completer decodes with the compiled CPU step; with `RWKV7.step` in its place the samples are the same."""
-    assert isinstance(completer.step, CompiledStep)
+    assert isinstance(completer.decoder.step, CompiledStep)
     prompt = completer.prompt_ids(make_piano_score(2, 4), None)
     sampling = Sampling(bars=2, samples=4, seed=11)
     compiled = completer.generate(prompt, sampling, progress=False)
-    monkeypatch.setattr(completer, "step", completer.model.step)
+    monkeypatch.setattr(completer.decoder, "step", completer.model.step)
     assert completer.generate(prompt, sampling, progress=False) == compiled
 
 
