@@ -1,13 +1,13 @@
 # Evaluation: the run's best checkpoint on the test windows -> results/eval/{train.run}/ (`snakemake evaluate`).
 
-EVAL_DIR = f"results/eval/{config['train']['run']}"
+EVAL_DIR = f"results/eval/{RUN}"
 
 
 rule evaluate:
     input:
-        done=rules.train.output.done,
-        train="results/windows/train",
-        test="results/windows/test",
+        done=f"{RUN_DIR}/done.json",
+        train=f"{WINDOWS}/train",
+        test=f"{WINDOWS}/test",
         kernels=rules.kernels.output.record,
     output:
         report=f"{EVAL_DIR}/report.md",
