@@ -355,7 +355,11 @@ def train(
         # The checkpoints' own tokenizer, so that a run folder is all `pianomuse complete` needs.
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
         metrics = MetricsLog(run_dir / "metrics.csv", step)
-        print(f"model: {n_params / 1e6:.2f}M parameters, {max_steps} steps on {device} x{world_size}", file=sys.stderr)
+        print(
+            f"model: {n_params / 1e6:.2f}M parameters, {max_steps} steps on {device} x{world_size} "
+            f"({torch.get_num_threads()} CPU threads)",
+            file=sys.stderr,
+        )
 
     def checkpoint(extra_metrics: dict) -> None:
         state = {

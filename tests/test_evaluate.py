@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 from symusic import Note, Score, Track
-from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
+from workflow_helpers import copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
 from pianomuse.evaluate import choose_prompts, repeat_last_bars
@@ -101,19 +101,22 @@ TINY_TRAIN = {
 }
 TINY_EVALUATE = {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32}
 # The stages that no windows, train or evaluate setting changes: the tiny run's tokens, transpositions and kernels.
-SHARED_STAGES = [
-    "results/tokens/test/shard-0.parquet", "results/augment/train/shard-0.parquet", "results/kernels/kernels.json"
-]
+def shared_stages(workdir: Path) -> list[str]:
+    data = data_dirs(workdir, "overrides.yaml")
+    return [
+        str(data["tokens"] / "test/shard-0.parquet"), str(data["augment"] / "train/shard-0.parquet"),
+        "results/kernels/kernels.json",
+    ]
 
 
 @pytest.fixture(scope="module")
 def tokenized_workflow(tmp_path_factory, maestro_dir) -> Path:
-    """One workflow copy for this module's tiny real-MAESTRO runs, with SHARED_STAGES done. Each test writes its
+    """One workflow copy for this module's tiny real-MAESTRO runs, with its shared stages done. Each test writes its
     overrides and runs `evaluate`, which rebuilds the windows for its settings; the runs have their own names, so
     the checkpoints and reports of one never stand in for another's, whichever test runs first."""
     workdir = copy_workflow(tmp_path_factory.mktemp("tiny-runs"))
     write_tiny_run_overrides(workdir, maestro_dir, {})
-    snakemake(workdir, *SHARED_STAGES, "--configfile", "overrides.yaml")
+    snakemake(workdir, *shared_stages(workdir), "--configfile", "overrides.yaml")
     return workdir
 
 
@@ -176,10 +179,11 @@ def test_mirex_preset_evaluates_4_bar_prompts_continued_for_12_bars(tokenized_wo
     write_tiny_run_overrides(workdir, maestro_dir, {"train": TINY_TRAIN, "evaluate": TINY_EVALUATE})
     snakemake(workdir, "evaluate", "--configfile", "overrides.yaml", "--config", "preset=mirex")
 
-    tokenizer = load_tokenizer(workdir / "results/tokenizer.json")
+    data = data_dirs(workdir, "overrides.yaml", preset="mirex")
+    tokenizer = load_tokenizer(data["tokenizer"] / "tokenizer.json")
     bar_id = tokenizer.vocab["Bar_None"]
     for split in ["train", "validation", "test"]:
-        windows = datasets.load_from_disk(str(workdir / "results/windows" / split))
+        windows = datasets.load_from_disk(str(data["windows"] / split))
         assert len(windows) > 0, split
         assert {ids.count(bar_id) for ids in windows["context_ids"]} == {4}, split
         assert {ids.count(bar_id) for ids in windows["completion_ids"]} == {12}, split

@@ -20,7 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from workflow_helpers import REPO, copy_workflow, snakemake, write_tiny_run_overrides
+from workflow_helpers import REPO, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
 from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
 from pianomuse.config import apply_preset
@@ -375,8 +375,10 @@ def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, ma
     assert not (run_dir / "done.json").exists()
 
     snakemake(workdir, "--unlock")
-    snakemake(workdir, "train", "--configfile", "overrides.yaml")
-    assert "resuming" in (workdir / "results/logs/train/tiny.log").read_text()
+    result = snakemake(workdir, "train", "--configfile", "overrides.yaml")
+    log = (workdir / "results/logs/train/tiny.log").read_text()
+    assert "resuming" in log and "(2 CPU threads)" in log  # train.threads (8), lowered to --cores 2
+    assert "training run tiny on" in result.stdout + result.stderr and "validation" in result.stderr
     for name in ["done.json", "last.pth", "last.json", "last.state.pt", "best.pth", "best.json", "config.yaml",
                  "metrics.csv", "loss.png"]:
         assert (run_dir / name).exists(), name
@@ -387,3 +389,12 @@ def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, ma
     done = json.loads((run_dir / "done.json").read_text())
     assert done["val_nll"] < done["unigram_nll"]
     assert json.loads((run_dir / "best.json").read_text())["tokenizer_hash"]
+
+    # The run recorded its data; on other windows it can neither resume nor count as done, and Snakemake says so
+    # while planning, before building those windows.
+    windows = data_dirs(workdir, "overrides.yaml")["windows"]
+    assert json.loads((run_dir / "data.json").read_text())["windows"] == str(windows.relative_to(workdir))
+    (workdir / "other.yaml").write_text(yaml.safe_dump({"windows": {"context_bars": 3}}))
+    result = snakemake(workdir, "train", "--configfile", "overrides.yaml", "other.yaml", check=False)
+    assert result.returncode != 0 and "training run 'tiny' cannot go on" in result.stdout + result.stderr
+    assert sorted(path.name for path in windows.parent.iterdir()) == [windows.name]

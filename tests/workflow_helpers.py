@@ -17,7 +17,7 @@ import pytest
 import yaml
 from midi_factory import make_piano_score, write_midi
 
-from pianomuse.config import deep_merge
+from pianomuse.config import data_folders, deep_merge, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "csrc"]
@@ -46,6 +46,14 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "results/logs").rglob("*.log")))
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}\n{logs}")
     return result
+
+
+def data_dirs(workdir: Path, configfile: str | None = None, **config) -> dict[str, Path]:
+    """The data folders (maestro, tokenizer, tokens, augment, windows) Snakemake uses in `workdir` with
+    `--configfile configfile --config key=value ...`."""
+    overrides = yaml.safe_load((workdir / configfile).read_text()) if configfile else {}
+    resolved = load_config(workdir / "config.yaml", deep_merge(overrides, config))
+    return {stage: workdir / folder for stage, folder in data_folders(resolved).items()}
 
 
 def edit_config(workdir: Path, section: str, key: str, value) -> None:

@@ -14,7 +14,7 @@ wildcard_constraints:
     run=r"[A-Za-z0-9_.-]+",
 
 
-rule train:
+rule train_run:
     input:
         unpack(train_inputs),
         kernels=rules.kernels.output.record,
@@ -39,3 +39,12 @@ rule train:
         "../../envs/pianomuse.yaml"
     script:
         "../scripts/train.py"
+
+
+localrules:
+    train,
+
+
+rule train:  # the target `snakemake train`: the configured run
+    input:
+        f"{RUN_DIR}/done.json",
