@@ -23,6 +23,7 @@ import yaml
 from workflow_helpers import REPO, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
 from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
+from pianomuse.checkpoint import save_weights
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.train import (
@@ -264,6 +265,16 @@ def test_resuming_on_other_windows_is_refused(synthetic_data, tmp_path):
     torch.save(state, tmp_path / "run/last.state.pt")
     with pytest.warns(UserWarning, match="without a windows fingerprint"):
         run(run_config(max_steps=2), rebuilt, tmp_path / "run")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_checkpoint_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        save_weights(RWKV7(RWKV7Config(vocab_size=16, **TINY_MODEL)), {"step": 0}, tmp_path, "best")
+    finally:
+        os.umask(previous)
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {"best.pth": mode, "best.json": mode}
 
 
 TRAIN_UNDER_A_LOG = """
