@@ -190,7 +190,7 @@ def synthetic_data(tmp_path_factory, tokenizer_path):
 
 
 def run_config(**train_overrides) -> dict:
-    config = apply_preset(CONFIG, {})
+    config = apply_preset({**CONFIG, "preset": "default"}, {})
     config["model"] = dict(TINY_MODEL)
     config["train"].update(
         device="cpu", max_steps=8, batch_tokens=1024, bucket_windows=64, lr=3e-3, min_lr=3e-4, warmup_steps=2,

@@ -26,6 +26,7 @@ from workflow_helpers import (
     snakemake,
 )
 
+from pianomuse.config import deep_merge
 from pianomuse.tokenizer import load_tokenizer
 
 TRAIN_VALIDATION_TEST = ["train", "train", "validation", "validation", "test", "test"]
@@ -232,3 +233,61 @@ def test_readme_inspection_snippet_runs_as_written(workflow_run):
     result = subprocess.run([sys.executable, "-c", snippet], cwd=workflow_run, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "Score(" in result.stdout
+
+
+def readme_commands() -> list[str]:
+    """The commands of the README's bash blocks, in order: continued lines joined, comments dropped, `a && b` split."""
+    readme = (REPO / "README.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #")[0].strip()
+            if line and not line.startswith("#"):
+                commands += [" ".join(part.split()) for part in line.split("&&")]
+    return commands
+
+
+# The README's demo preset shrunk to seconds of work; every other setting is as the checkout ships it.
+TINY_DEMO = {
+    "maestro": {"pieces_per_split": 2},
+    "tokenize": {"shards": 1},
+    "augment": {"transpositions": [1]},
+    "model": {"n_layer": 2, "n_embd": 64, "head_size": 64},
+    "train": {"max_steps": 4, "eval_every": 2, "eval_windows": 8, "log_every": 2, "checkpoint_every": 2,
+              "num_workers": 0},
+    "evaluate": {"prompts": 2, "samples": 2, "nll_windows": 32},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.maestro
+def test_readme_commands_run_as_written(tmp_path, maestro_dir):
+    """Every command of the README, verbatim, in a checkout as shipped (config.yaml, the default profile) beside a
+    MAESTRO copy, with a .venv like the one .ci/setup makes; only the demo preset is shrunk to a few steps."""
+    commands = readme_commands()
+    setup = ["bash .ci/setup", "bash .ci/run"]  # installing, and the whole test suite: not from inside a test
+    assert [command for command in commands if command in setup] == setup
+    commands = [command for command in commands if command not in setup]
+    assert commands[0] == ".venv/bin/snakemake" and ".venv/bin/snakemake evaluate" in commands
+
+    checkout = copy_workflow(tmp_path / "checkout", preset=None)
+    (tmp_path / "shared/data").mkdir(parents=True)
+    (tmp_path / "shared/data/maestro-v3.0.0").symlink_to(maestro_dir)
+    venv_bin = checkout / ".venv/bin"
+    venv_bin.mkdir(parents=True)
+    for name, module in [("snakemake", "snakemake"), ("pianomuse", "pianomuse.cli")]:
+        (venv_bin / name).write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
+        (venv_bin / name).chmod(0o755)
+    config = yaml.safe_load((checkout / "config.yaml").read_text())
+    assert config["preset"] == "demo" and config["maestro_dir"] == "../shared/data/maestro-v3.0.0"
+    config["presets"]["demo"] = deep_merge(config["presets"]["demo"], TINY_DEMO)
+    (checkout / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+
+    for command in commands:
+        result = subprocess.run(command, shell=True, cwd=checkout, capture_output=True, text=True)
+        assert result.returncode == 0, f"{command}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    assert (checkout / "results/checkpoints/demo/done.json").is_file()
+    assert (checkout / "results/eval/demo/report.md").is_file()
+    assert sorted(path.name for path in (checkout / "completions").glob("sample-*.mid")) == [
+        f"sample-{i}{suffix}" for i in range(4) for suffix in [".continuation.mid", ".mid"]
+    ]

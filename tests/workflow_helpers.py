@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -26,14 +27,20 @@ MAESTRO_CSV_HEADER = [
 ]
 
 
-def copy_workflow(dest: Path) -> Path:
-    """The workflow files in `dest`, so that a test's results/ and config edits stay out of the checkout."""
+def copy_workflow(dest: Path, preset: str | None = "default") -> Path:
+    """The workflow files in `dest`, so that a test's results/ and config edits stay out of the checkout. The
+    copy's config.yaml selects `preset` (default: the `default` preset, whichever one the checkout ships with;
+    None keeps the shipped choice)."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, dest / name)
+    config = dest / "config.yaml"
+    if preset is not None:
+        config.write_text(re.sub(r"^preset: .*$", f"preset: {preset}", config.read_text(), count=1, flags=re.M))
     return dest
 
 
