@@ -75,11 +75,11 @@ def data_settings(config: dict) -> dict:
     }
 
 
-def data_folders(config: dict, root: str = "results") -> dict[str, str]:
-    """Each data stage's folder for this configuration: `{root}/{stage}/{key of its settings}`."""
+def data_folders(config: dict) -> dict[str, str]:
+    """Each data stage's folder for this configuration: `results/{stage}/{key of its settings}`."""
     settings = data_settings(config)
     return {
-        stage: f"{root}/{stage}/{settings_key({name: settings[name] for name in depends_on})}"
+        stage: f"results/{stage}/{settings_key({name: settings[name] for name in depends_on})}"
         for stage, depends_on in DATA_STAGES.items()
     }
 
@@ -90,8 +90,9 @@ def data_folders(config: dict, root: str = "results") -> dict[str, str]:
 RUN_DATA = "data.json"
 
 
-def run_data_record(config: dict, root: str = "results") -> dict:
-    return {"windows": data_folders(config, root)["windows"], "settings": data_settings(config)}
+def run_data_record(config: dict) -> dict:
+    """What a run folder records about the data it trains on: the windows folder and the settings behind it."""
+    return {"windows": data_folders(config)["windows"], "settings": data_settings(config)}
 
 
 def check_run_data(run_dir: str | Path, record: dict, model: dict) -> None:

@@ -103,10 +103,8 @@ TINY_EVALUATE = {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32}
 # The stages that no windows, train or evaluate setting changes: the tiny run's tokens, transpositions and kernels.
 def shared_stages(workdir: Path) -> list[str]:
     data = data_dirs(workdir, "overrides.yaml")
-    return [
-        str(data["tokens"] / "test/shard-0.parquet"), str(data["augment"] / "train/shard-0.parquet"),
-        "results/kernels/kernels.json",
-    ]
+    targets = [data["tokens"] / "test/shard-0.parquet", data["augment"] / "train/shard-0.parquet"]
+    return [str(target.relative_to(workdir)) for target in targets] + ["results/kernels/kernels.json"]
 
 
 @pytest.fixture(scope="module")
