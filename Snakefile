@@ -2,6 +2,7 @@
 # Each rule is one stage: a thin script under workflow/scripts calling one pianomuse module.
 
 import glob
+import os
 
 from snakemake.utils import min_version, validate
 
@@ -18,10 +19,8 @@ config.clear()
 config.update(_resolved)
 validate(config, "workflow/schemas/config.schema.yaml")
 
-SPLITS = ["train", "validation", "test"]
-SHARDS = range(config["tokenize"]["shards"])
 
-
+include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/train.smk"
@@ -34,4 +33,4 @@ rule all:
     input:
         rules.data.input,
         rules.kernels.output.record,
-        rules.train.output.done,
+        f"{RUN_DIR}/done.json",

@@ -23,6 +23,7 @@ import pandas as pd
 import symusic
 import yaml
 
+from pianomuse.config import data_folders, load_config
 from pianomuse.tokenizer import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,15 +62,18 @@ def main() -> None:
             source = REPO / name
             (shutil.copytree if source.is_dir() else shutil.copy)(source, workdir / name)
         overrides = {
+            "preset": "default",
             "maestro_dir": str(args.maestro_dir.resolve()),
             "maestro": {"pieces_per_split": args.pieces_per_split},
             "tokenize": {"shards": args.shards},
         }
         (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-        run_snakemake(workdir, 1, ["results/maestro/manifest.parquet", "results/tokenizer.json"])
-        manifest = pd.read_parquet(workdir / "results/maestro/manifest.parquet")
+        data = data_folders(load_config(workdir / "config.yaml", overrides))
+        tokenizer = f"{data['tokenizer']}/tokenizer.json"
+        run_snakemake(workdir, 1, [f"{data['maestro']}/manifest.parquet", tokenizer])
+        manifest = pd.read_parquet(workdir / data["maestro"] / "manifest.parquet")
         shard_targets = [
-            f"results/tokens/{split}/shard-{k}.parquet"
+            f"{data['tokens']}/{split}/shard-{k}.parquet"
             for split in ["train", "validation", "test"]
             for k in range(args.shards)
         ]
@@ -78,9 +82,9 @@ def main() -> None:
         for path in manifest["midi_path"]:
             Path(path).read_bytes()
         rows = []
-        loop_seconds = plain_loop(workdir / "results/tokenizer.json", manifest["midi_path"].tolist())
+        loop_seconds = plain_loop(workdir / tokenizer, manifest["midi_path"].tolist())
         for cores in args.cores:
-            shutil.rmtree(workdir / "results/tokens", ignore_errors=True)
+            shutil.rmtree(workdir / data["tokens"], ignore_errors=True)
             seconds = run_snakemake(workdir, cores, shard_targets)
             rows.append((f"pipeline -c{cores}", cores, seconds))
         shards = pd.concat(pd.read_parquet(workdir / target) for target in shard_targets)

@@ -16,43 +16,54 @@ from pianomuse.report import piano_roll
 
 USAGE_ERROR = 2
 COMPLETION_ERROR = 1
+CHECKPOINT_HELP = (
+    "a run folder (results/checkpoints/{run}: its best.pth is used), a {name}.pth (RWKV-7 or Transformer) or an "
+    "n-gram {name}.npz, with its {name}.json beside it"
+)
+TOKENIZER_HELP = "the run's tokenizer.json (default: the one beside the checkpoint)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pianomuse", description="Piano completion with RWKV-7.")
     commands = parser.add_subparsers(dest="command", required=True)
-    complete = commands.add_parser("complete", help="continue the bars of a MIDI prompt K ways")
+    complete = commands.add_parser(
+        "complete",
+        help="continue the bars of a MIDI prompt K ways",
+        description="Continue the prompt bars of a MIDI file K ways, M bars each. Writes sample-{i}.mid (the "
+        "file's own prompt bars, untouched, then the continuation on a track of its own), "
+        "sample-{i}.continuation.mid and a piano roll sample-{i}.png per sample.",
+    )
     complete.add_argument("prompt", type=Path, help="MIDI file holding the prompt")
-    complete.add_argument(
-        "--checkpoint", type=Path, required=True,
-        help="a {name}.pth (RWKV-7 or Transformer) or an n-gram {name}.npz, with its {name}.json beside it",
-    )
-    complete.add_argument(
-        "--tokenizer", type=Path, help="the run's tokenizer.json (default: beside the checkpoint, or results/)"
-    )
+    complete.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    complete.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
     complete.add_argument("--prompt-bars", type=int, help="prompt = the first N bars (default: the whole file)")
     complete.add_argument("--from-bar", type=int, help="prompt = bars I to J, counted from 1, both included")
-    complete.add_argument("--to-bar", type=int)
-    complete.add_argument("--bars", type=int, default=4, help="bars to generate (M)")
-    complete.add_argument("--samples", type=int, default=4, help="continuations to generate (K)")
-    complete.add_argument("--temperature", type=float, default=1.0)
-    complete.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    complete.add_argument("--to-bar", type=int, help="the last bar J of the prompt (with --from-bar)")
+    complete.add_argument("--bars", type=int, default=4, help="bars to generate, M (default: %(default)s)")
+    complete.add_argument("--samples", type=int, default=4, help="continuations to generate, K (default: %(default)s)")
+    complete.add_argument(
+        "--temperature", type=float, default=1.0,
+        help="sampling temperature, > 0: lower is safer, higher more varied (default: %(default)s)",
+    )
+    complete.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default: %(default)s, no cut)"
+    )
     complete.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: all)")
-    complete.add_argument("--seed", type=int, default=0)
-    complete.add_argument("--device", default="cpu")
+    complete.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed gives the same samples (default: %(default)s)"
+    )
+    complete.add_argument("--device", default="cpu", help="torch device to decode on, e.g. cuda (default: %(default)s)")
     complete.add_argument(
         "--threads", type=int, default=1,
-        help="CPU threads (default 1: threads wait on each other on a busy machine; more help on an idle one)",
+        help="CPU threads (default: %(default)s; threads wait on each other on a busy machine, more help on an idle one)",
     )
     complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI and PNG files")
 
     probe = commands.add_parser(
         "probe", help="the pattern continuation probe: does the model keep playing a repeated one-bar figure?"
     )
-    probe.add_argument("--checkpoint", type=Path, required=True, help="a {name}.pth with its {name}.json beside it")
-    probe.add_argument(
-        "--tokenizer", type=Path, help="the run's tokenizer.json (default: beside the checkpoint, or results/)"
-    )
+    probe.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    probe.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
     defaults = DEFAULT_SAMPLING
     probe.add_argument("--bars", type=int, default=defaults.bars, help="bars after each prompt, M (%(default)s)")
     probe.add_argument("--samples", type=int, default=defaults.samples, help="continuations per prompt, K (%(default)s)")
@@ -100,7 +111,7 @@ def complete(args: argparse.Namespace) -> None:
 def probe(args: argparse.Namespace) -> None:
     sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed)
     torch.set_num_threads(args.threads)
-    results = probe_checkpoint(args.checkpoint, args.tokenizer, sampling, args.device, args.output)
+    results = probe_checkpoint([args.checkpoint], args.tokenizer, sampling, args.device, args.output)
     for name, (mean, low, high, n) in results["summary"].items():
         print(f"{name}: {mean:.3f} [{low:.3f}, {high:.3f}] over {n} prompts")
     print(f"report: {args.output / 'probe.md'}")

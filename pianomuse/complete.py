@@ -6,10 +6,14 @@ as the training completions do. The model reads the prompt once (RWKV-7 in paral
 times and the K samples are decoded together, one token per step (RWKV-7 in RNN mode), under the REMI grammar mask.
 A stream ends when it would start bar M+1. The engine drives any model through `pianomuse.decoding.Decoder`:
 RWKV-7, the Transformer baseline (a KV cache) and the n-gram baseline are all sampled by this one loop.
+
+A completion of a score hands back the composer's own prompt bars untouched (resolution, tempo map, every note and
+track as in the file), followed by the continuation at the file's resolution, on a track of its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +22,8 @@ from typing import Protocol
 import numpy as np
 import torch
 from miditok import REMI
-from miditok.utils import compute_ticks_per_bar
-from symusic import Score, TimeSignature
+from miditok.utils import compute_ticks_per_bar, get_bars_ticks
+from symusic import Score, TimeSignature, Track
 from tqdm import tqdm
 
 from pianomuse.models import LEGACY_ARCH, SYSTEM_NAMES, arch_of, decoder_for, load_model
@@ -38,6 +42,7 @@ from pianomuse.windows import TempoMarkers, standalone_bars
 
 # A dense MAESTRO bar is a few hundred tokens; past this the grammar closes the bar (see sampling.py).
 MAX_TOKENS_PER_BAR = 1024
+CONTINUATION_TRACK = "pianomuse continuation"
 
 
 class CompletionError(Exception):
@@ -88,15 +93,6 @@ class Completion:
     continuation_tick: int  # where the continuation starts in `full`
 
 
-def find_tokenizer(checkpoint: Path) -> Path | None:
-    """The run's tokenizer: beside the checkpoint, or the workflow's results/tokenizer.json for
-    results/checkpoints/{run}/{name}.pth."""
-    for candidate in [checkpoint.parent / "tokenizer.json", checkpoint.parent.parent.parent / "tokenizer.json"]:
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def prompt_range(prompt_bars: int | tuple[int, int] | None, n_bars: int) -> tuple[int, int]:
     """0-based [first, end) bars of the prompt. `prompt_bars`: N (the first N bars), (I, J) (bars I to J, counted
     from 1, both included) or None (every bar)."""
@@ -115,6 +111,52 @@ class Sampler(Protocol):
     probe take their sampled systems as a dict of name -> Sampler."""
 
     def complete_ids(self, prompt: list[int], sampling: Sampling, progress: bool = True) -> Completion: ...
+
+
+def bar_start_ticks(score: Score, end: int) -> list[int]:
+    """The ticks, at the score's resolution, where its bars 0..end start (bar `end` may lie past the last note)."""
+    ticks = get_bars_ticks(score)
+    valid = [ts for ts in score.time_signatures if ts.numerator > 0 and ts.denominator > 0]
+    last = valid[-1] if valid else TimeSignature(0, 4, 4)
+    while len(ticks) <= end:
+        ticks.append(ticks[-1] + compute_ticks_per_bar(last, score.tpq))
+    return ticks[: end + 1]
+
+
+def after_prompt(prompt: Score, tick: int, continuation: Score) -> tuple[Score, Score]:
+    """(`prompt` followed at `tick` by `continuation`, the continuation alone), both at the prompt's resolution.
+
+    The prompt is kept as it is. The continuation (decoded at the tokenizer's resolution, from tick 0) goes on a
+    track of its own. The tempo and time signature it restates at its start give way to the prompt's in force at
+    `tick` (the tokenizer would round 120 qpm to 121.3); the changes it makes are kept.
+    """
+    continuation = continuation.resample(prompt.tpq, min_dur=1)
+    in_force = prompt.clip(tick, tick + 1).shift_time(-tick)  # the prompt's tempo and time signature at `tick`
+    tempo_changes = [tempo for tempo in continuation.tempos if tempo.time > 0]
+    signature_changes, signature = [], in_force.time_signatures[-1] if len(in_force.time_signatures) else None
+    for ts in continuation.time_signatures:
+        if signature is None or (ts.numerator, ts.denominator) != (signature.numerator, signature.denominator):
+            signature_changes.append(ts)
+            signature = ts
+    track = Track(CONTINUATION_TRACK, next((t.program for t in prompt.tracks if not t.is_drum), 0), False)
+    for source in continuation.tracks:
+        track.notes.extend(list(source.notes))
+        track.pedals.extend(list(source.pedals))
+
+    alone = Score(prompt.tpq)
+    alone.tempos.extend(list(in_force.tempos) + tempo_changes)
+    alone.time_signatures.extend(list(in_force.time_signatures) + signature_changes)
+    alone.tracks.append(track)
+    changes = Score(prompt.tpq)
+    changes.tempos.extend(tempo_changes)
+    changes.time_signatures.extend(signature_changes)
+    changes.tracks.append(track.copy())
+    changes = changes.shift_time(tick)
+    full = prompt.copy()
+    full.tempos.extend(list(changes.tempos))
+    full.time_signatures.extend(list(changes.time_signatures))
+    full.tracks.append(changes.tracks[0])
+    return full, alone
 
 
 class Completer:
@@ -141,18 +183,28 @@ class Completer:
 
     @classmethod
     def load(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):
-        """A checkpoint (`{name}.pth`, or an n-gram's `{name}.npz`) with its `{name}.json`, which names the arch; the
-        tokenizer is the run's (see `find_tokenizer`) unless given, and must be the one the checkpoint was trained
-        with."""
+        """A checkpoint (`{name}.pth`, or an n-gram's `{name}.npz`) with its `{name}.json`, which names the arch, or a
+        run folder (its `best.pth`); the tokenizer is the run's (beside the checkpoint) unless given, and must be the
+        one the checkpoint was trained with."""
         checkpoint = Path(checkpoint_path)
+        if checkpoint.is_dir():  # a run folder
+            if not (checkpoint / "best.pth").is_file():
+                raise CompletionError(
+                    f"{checkpoint} is a folder without best.pth; pass a training run's folder "
+                    "(results/checkpoints/{run}) or a checkpoint file ({name}.pth)"
+                )
+            checkpoint = checkpoint / "best.pth"
         info_path = checkpoint.with_suffix(".json")
         if not checkpoint.is_file():
-            raise CompletionError(f"checkpoint not found: {checkpoint}")
+            raise CompletionError(
+                f"checkpoint not found: {checkpoint}; pass a training run's folder (results/checkpoints/{{run}}) "
+                "or a checkpoint file ({name}.pth)"
+            )
         if not info_path.is_file():
             raise CompletionError(f"{checkpoint} has no {info_path.name} beside it (model config, tokenizer hash)")
         info = json.loads(info_path.read_text())
-        tokenizer_path = Path(tokenizer_path) if tokenizer_path else find_tokenizer(checkpoint)
-        if tokenizer_path is None or not tokenizer_path.is_file():
+        tokenizer_path = Path(tokenizer_path) if tokenizer_path else checkpoint.parent / "tokenizer.json"
+        if not tokenizer_path.is_file():
             raise CompletionError(f"no tokenizer found for {checkpoint}; pass the run's tokenizer.json (--tokenizer)")
         if tokenizer_hash(tokenizer_path) != info["tokenizer_hash"]:
             raise CompletionError(
@@ -169,16 +221,22 @@ class Completer:
 
     def prompt_ids(self, score_or_path: Score | str | Path, prompt_bars: int | tuple[int, int] | None) -> list[int]:
         """The prompt bars as a stream of their own, ending where the continuation's Bar will go."""
+        return self.read_prompt(score_or_path, prompt_bars)[1]
+
+    def read_prompt(
+        self, score_or_path: Score | str | Path, prompt_bars: int | tuple[int, int] | None
+    ) -> tuple[Score, list[int], tuple[int, int]]:
+        """The score as read, its prompt bars as a stream of their own, and their 0-based [first, end) range."""
         try:
             score = Score(str(score_or_path)) if isinstance(score_or_path, (str, Path)) else score_or_path.copy()
         except Exception as error:
             raise CompletionError(f"{score_or_path} is not a readable MIDI file ({error})") from error
         try:
-            ids, bar_offsets, _ = tokenize_score(self.tokenizer, score)
+            ids, bar_offsets, _ = tokenize_score(self.tokenizer, score.copy())  # it merges the tracks in place
         except RejectedPiece as rejected:
             raise CompletionError(f"{score_or_path} cannot be a prompt: {rejected.reason}") from rejected
         first, end = prompt_range(prompt_bars, len(bar_offsets))
-        return standalone_bars(ids, bar_offsets, self.markers, first, end).tolist()
+        return score, standalone_bars(ids, bar_offsets, self.markers, first, end).tolist(), (first, end)
 
     @torch.inference_mode()
     def generate(self, prompt_ids: list[int], sampling: Sampling, progress: bool = True) -> list[list[int]]:
@@ -193,7 +251,8 @@ class Completer:
         streams = list(range(samples))  # the stream of each batch row: a stream leaves the batch when it ends
         uniforms = StreamUniforms(sampling.seed, streams)
         continuations = [[self.grammar.bar_id] for _ in range(samples)]
-        with tqdm(total=samples * bars, desc="bars", unit="bar", initial=samples, disable=not progress) as bar_count:
+        # Counts finished bars: a stream finishes one when it draws the next Bar, and its last when it ends.
+        with tqdm(total=samples * bars, desc="bars", unit="bar", disable=not progress) as bar_count:
             while True:
                 mask = allowed(self.grammar, grammar, sampling.max_tokens_per_bar)
                 masked = logits.float().cpu().masked_fill(~mask, float("-inf"))
@@ -204,14 +263,17 @@ class Completer:
                 for stream, token, ends in zip(streams, ids.tolist(), ending.tolist()):
                     if not ends:
                         continuations[stream].append(token)
-                bar_count.update(int(((ids == self.grammar.bar_id) & ~ending).sum()))
+                finished = int((ids == self.grammar.bar_id).sum())
                 if ending.any():
                     keep = ~ending
                     if not keep.any():
+                        bar_count.n += finished  # drawn once, by close(), rather than by update() and close()
                         return continuations
                     streams = [stream for stream, kept in zip(streams, keep.tolist()) if kept]
                     ids, grammar = ids[keep], grammar.select(keep)
                     state = self.decoder.select(state, keep)
+                if finished:
+                    bar_count.update(finished)
                 advance(self.grammar, grammar, ids)
                 logits, state = self.decoder.step(ids.to(self.decoder.device), state)
 
@@ -222,8 +284,20 @@ class Completer:
         sampling: Sampling = Sampling(),
         progress: bool = True,
     ) -> Completion:
-        """Continue the prompt bars of a score K ways, M bars each (see `prompt_range` for the bars)."""
-        return self.complete_ids(self.prompt_ids(score_or_path, prompt_bars), sampling, progress)
+        """Continue the prompt bars of a score K ways, M bars each (see `prompt_range` for the bars). Each full
+        sample is the score's own prompt bars, untouched, followed by the continuation at the score's resolution
+        (see `after_prompt`)."""
+        score, prompt, (first, end) = self.read_prompt(score_or_path, prompt_bars)
+        completion = self.complete_ids(prompt, sampling, progress)
+        bars = bar_start_ticks(score, end)
+        composer = score.clip(bars[first], bars[end], clip_end=False).shift_time(-bars[first])
+        joined = [after_prompt(composer, bars[end] - bars[first], alone) for alone in completion.continuations]
+        return dataclasses.replace(
+            completion,
+            full=[full for full, _ in joined],
+            continuations=[alone for _, alone in joined],
+            continuation_tick=bars[end] - bars[first],
+        )
 
     def complete_ids(self, prompt: list[int], sampling: Sampling, progress: bool = True) -> Completion:
         """`complete` for a prompt already tokenized as a stream of its own (a window's context, say)."""

@@ -28,6 +28,7 @@ from pianomuse.batching import collate_windows, pack_by_length, window_lengths
 from pianomuse.cli import write_outputs
 from pianomuse.complete import Completer, Sampler, Sampling
 from pianomuse.metrics import KEY_NAMES, METRICS, all_metrics, best_key, key_agreement, mean_and_ci, ratio_and_ci
+from pianomuse.ngram import NgramModel
 from pianomuse.report import piano_roll, slug, write_report
 from pianomuse.tokens import pitch_token_ids
 from pianomuse.train import batch_nll, eval_subset, resolve_device, unigram_log_probs
@@ -217,19 +218,27 @@ def evaluate_run(
     return results
 
 
+def window_nll_of(completer: Completer, batch_tokens: int) -> WindowNLL:
+    """A sampled system's own likelihood of the true completions: the n-gram scores itself, torch models in batches."""
+    if isinstance(completer.model, NgramModel):
+        return completer.model.window_nll
+    return model_window_nll(
+        completer.model, torch.device(completer.device), batch_tokens, completer.tokenizer.pad_token_id
+    )
+
+
 def evaluate_checkpoint(
-    cfg: dict, bars: int, device_name: str, batch_tokens: int, run_dir, train_dir, test_dir, out_dir, probe_dir=None
+    cfg: dict, bars: int, device_name: str, batch_tokens: int, run_dir, baselines: list, train_dir, test_dir, out_dir,
+    probe_dir=None,
 ) -> dict:
-    """`evaluate_run` on a run's best.pth: RWKV-7 sampled and scored, the unigram scored (`batch_tokens` bounds the
-    NLL batches). Baseline models join the two dicts here."""
-    run_dir = Path(run_dir)
-    completer = Completer.load(run_dir / "best.pth", run_dir / "tokenizer.json", str(resolve_device(device_name, 0)))
+    """`evaluate_run` on a run's best.pth and its `baselines` (checkpoint paths: the same-size Transformer's
+    best.pth, the n-gram's model.npz), each sampled and scored, with the unigram scored too (`batch_tokens` bounds
+    the NLL batches)."""
+    run_dir, device = Path(run_dir), str(resolve_device(device_name, 0))
+    completer = Completer.load(run_dir / "best.pth", run_dir / "tokenizer.json", device)
     train_ds, test_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(test_dir))
-    model = completer.system_name
-    sampled = {model: completer}
-    likelihoods = {
-        model: model_window_nll(completer.model, torch.device(completer.device), batch_tokens,
-                                completer.tokenizer.pad_token_id),
-        UNIGRAM: unigram_window_nll(train_ds, len(completer.tokenizer.vocab)),
-    }
+    completers = [completer] + [Completer.load(path, None, device) for path in baselines]
+    sampled = {c.system_name: c for c in completers}
+    likelihoods = {c.system_name: window_nll_of(c, batch_tokens) for c in completers}
+    likelihoods[UNIGRAM] = unigram_window_nll(train_ds, len(completer.tokenizer.vocab))
     return evaluate_run(cfg, bars, completer, sampled, likelihoods, test_ds, out_dir, probe_dir)

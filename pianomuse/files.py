@@ -14,12 +14,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 
+def current_umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call `write(temporary_path)`, then rename the temporary file over `path` in one step."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    # mkstemp makes the file private (0600); the finished file gets the mode any new file gets here.
+    os.chmod(tmp, 0o666 & ~current_umask())
     try:
         write(tmp)
         os.replace(tmp, path)

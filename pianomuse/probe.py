@@ -253,7 +253,9 @@ def summarize(prompts: list[dict], systems: list[str], seed: int) -> dict:
     return {name: mean_and_ci([np.mean(p["scores"][name]) for p in prompts], seed) for name in systems}
 
 
-def probe_checkpoint(checkpoint, tokenizer, sampling: Sampling, device: str, out_dir) -> dict:
-    """`run_probe` on one RWKV-7 checkpoint (tokenizer None: the run's, found beside it; device: cpu, cuda or auto)."""
-    completer = Completer.load(checkpoint, tokenizer, str(resolve_device(device, 0)))
-    return run_probe(completer, {completer.system_name: completer}, sampling, out_dir)
+def probe_checkpoint(checkpoints: list, tokenizer, sampling: Sampling, device: str, out_dir) -> dict:
+    """`run_probe` on checkpoints of one tokenizer, side by side: the first is the run, the others its baselines
+    (tokenizer None: each run's, found beside it; device: cpu, cuda or auto)."""
+    device = str(resolve_device(device, 0))
+    completers = [Completer.load(path, tokenizer, device) for path in checkpoints]
+    return run_probe(completers[0], {c.system_name: c for c in completers}, sampling, out_dir)

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pianomuse.batching import batch_loader, epoch_batches, pack_by_length, shard_for_rank, window_lengths
 from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_json, save_resume_point, save_weights
+from pianomuse.logs import console
 from pianomuse.models import LEGACY_ARCH, arch_of, build_model, model_config as arch_config
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
 
@@ -201,6 +202,16 @@ class MetricsLog:
             csv.DictWriter(f, METRICS_COLUMNS).writerow(row)
 
 
+def log_line(row: dict, max_steps: int, seconds_per_step: float) -> str:
+    """One line of the training log for a metrics row: progress, loss, speed and the time left."""
+    eta = time.strftime("%H:%M:%S", time.gmtime(seconds_per_step * (max_steps - row["step"])))
+    val = f"  val {row['val_nll']}" if row["val_nll"] else ""
+    return (
+        f"step {row['step']}/{max_steps}  loss {row['train_loss'] or '-'}{val}  lr {row['lr']}  "
+        f"{float(row['tokens_per_s']):,.0f} tok/s  ETA {eta}"
+    )
+
+
 def read_metrics(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -347,7 +358,11 @@ def train(
         # The checkpoints' own tokenizer, so that a run folder is all `pianomuse complete` needs.
         shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
         metrics = MetricsLog(run_dir / "metrics.csv", step)
-        print(f"model: {n_params / 1e6:.2f}M parameters, {max_steps} steps on {device} x{world_size}", file=sys.stderr)
+        print(
+            f"model: {n_params / 1e6:.2f}M parameters, {max_steps} steps on {device} x{world_size} "
+            f"({torch.get_num_threads()} CPU threads)",
+            file=sys.stderr,
+        )
 
     def checkpoint(extra_metrics: dict) -> None:
         state = {
@@ -359,9 +374,12 @@ def train(
         save_resume_point(raw_model, {**info, "step": step, "metrics": extra_metrics}, state, run_dir)
 
     model.train()
-    # In a log file (Snakemake), a refresh every 30 s keeps it readable.
-    refresh_s = 0.1 if sys.stderr.isatty() else 30
-    progress = tqdm(total=max_steps, initial=step, disable=not is_writer, mininterval=refresh_s, file=sys.stderr)
+    # The bar goes to the console (under Snakemake, not the log: that gets one line per log step). Where the
+    # console is a file or a pipe (CI), a redraw every 30 s at most keeps it readable.
+    screen = console()
+    bars = {"disable": not is_writer, "file": screen, "mininterval": 0.2 if screen.isatty() else 30}
+    progress = tqdm(total=max_steps, initial=step, desc=f"train {run_dir.name}", unit="step", **bars)
+    session = {"start": time.perf_counter(), "step": step}  # for the ETA: this process's pace
     window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
     while step < max_steps and (stop_at_step is None or step < stop_at_step):
         batches = batches_of_epoch(epoch)
@@ -386,7 +404,8 @@ def train(
 
             val_nll = None
             if is_writer and (step % cfg["eval_every"] == 0 or step == max_steps):
-                val_nll = evaluate(raw_model, eval_loader, device, autocast)
+                subset = tqdm(eval_loader, desc="validation (subset)", unit="batch", leave=False, **bars)
+                val_nll = evaluate(raw_model, subset, device, autocast)
                 if val_nll < best_val:
                     best_val = val_nll
                     save_weights(raw_model, {**info, "step": step, "metrics": {"val_nll": val_nll}}, run_dir, "best")
@@ -403,6 +422,8 @@ def train(
                 metrics.append(row)
                 progress.set_postfix(loss=row["train_loss"], tok_s=row["tokens_per_s"], val=row["val_nll"] or "-",
                                      refresh=False)
+                pace = (time.perf_counter() - session["start"]) / (step - session["step"])
+                tqdm.write(log_line(row, max_steps, pace), file=sys.stderr)
                 window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
             if is_writer and (step % cfg["checkpoint_every"] == 0 or step == max_steps):
                 checkpoint({"val_nll": val_nll, "best_val_nll": best_val})
@@ -415,13 +436,16 @@ def train(
     summary = {"step": step, "max_steps": max_steps, "best_val_nll_subset": best_val}
     if is_writer:
         full_val_loader = batch_loader(val_ds, full_val_batches, pad_id, cfg["num_workers"], scored="completion")
-        summary["val_nll"] = evaluate(raw_model, full_val_loader, device, autocast)
+        print(f"validation: all {len(val_lengths)} windows in {len(full_val_batches)} batches", file=sys.stderr)
+        full_val = tqdm(full_val_loader, desc="validation", unit="batch", **bars)
+        summary["val_nll"] = evaluate(raw_model, full_val, device, autocast)
         summary["unigram_nll"] = unigram_nll(train_ds, val_ds, vocab_size)
-        print(
-            f"validation NLL per completion token: {summary['val_nll']:.4f} "
-            f"(unigram baseline {summary['unigram_nll']:.4f})",
-            file=sys.stderr,
-        )
+        for stream in {sys.stderr, screen}:  # the log, and the console when that is elsewhere
+            print(
+                f"validation NLL per completion token: {summary['val_nll']:.4f} "
+                f"(unigram baseline {summary['unigram_nll']:.4f})",
+                file=stream,
+            )
         save_json({**info, "step": step, "metrics": summary}, run_dir / "last.json")
         plot_losses(run_dir / "metrics.csv", run_dir / "loss.png", summary["unigram_nll"])
         save_json(summary, run_dir / "done.json")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from midi_factory import make_piano_score, write_midi
 from miditok import TokSequence
+from symusic import Note, Score, Tempo, Track
 
 import pianomuse.complete as complete_module
 from pianomuse.cli import main
@@ -69,6 +70,15 @@ def test_same_seed_same_output_other_seed_other_output(completer, prompt_midi):
     assert len({tuple(ids) for ids in first}) == 3  # the samples of one run differ from each other
 
 
+def test_progress_counts_finished_bars_from_zero_and_shows_100_percent_once(completer, capsys):
+    prompt = completer.prompt_ids(make_piano_score(2, 4), None)
+    completer.generate(prompt, Sampling(bars=2, samples=3, seed=2, max_tokens_per_bar=24), progress=True)
+    frames = [frame.strip() for frame in capsys.readouterr().err.replace("\n", "\r").split("\r") if frame.strip()]
+    counts = [int(frame.split("|")[2].split("/")[0]) for frame in frames]
+    assert counts[0] == 0 and counts == sorted(counts) and counts.count(6) == 1
+    assert all(frame.split("|")[2].split("/")[1].startswith("6 ") for frame in frames)
+
+
 def test_prompt_is_read_once_and_batched_samples_match_single_ones(completer, monkeypatch):
     prompt = completer.prompt_ids(make_piano_score(2, 4), None)
     prompt_reads = []
@@ -109,6 +119,44 @@ def test_complete_returns_prompt_plus_continuation(completer, prompt_midi):
         assert alone.tempos[0].time == 0  # the continuation alone states the tempo in force
 
 
+def notes_of(track, start: int, stop: int, shift: int = 0) -> list[tuple]:
+    return [(n.time - shift, n.duration, n.pitch, n.velocity) for n in track.notes if start <= n.time < stop]
+
+
+@pytest.mark.parametrize("bars", [3, (2, 4)])
+def test_written_samples_keep_the_composers_prompt_bars_untouched(completer, checkpoint, tmp_path, capsys, bars):
+    """sample-{i}.mid: the file's own prompt bars note for note, at its resolution and tempo map (no round trip
+    through tokens), then the continuation on a track of its own at that resolution, in the tempo in force."""
+    score = make_piano_score(5, 4, tpq=480, tempo_qpm=120.0, seed=4)
+    for i, note in enumerate(score.tracks[0].notes):  # off the tokenizer's grid
+        note.time += 7 * (i % 3)
+        note.duration -= 5
+    score.tempos.append(Tempo(2 * 1920 + 240, qpm=97.0))  # mid-bar, in the prompt
+    left = Track("left hand", 0, False)
+    left.notes.append(Note(1920 + 100, 1500, 40, 55))
+    score.tracks.append(left)
+    prompt = write_midi(score, tmp_path / "prompt.mid")
+    original = Score(str(prompt))
+    first, last = (1, bars) if isinstance(bars, int) else bars
+    start, stop = (first - 1) * 1920, last * 1920
+    selection = ["--prompt-bars", str(bars)] if isinstance(bars, int) else ["--from-bar", "2", "--to-bar", "4"]
+    out = tmp_path / "out"
+    args = ["complete", str(prompt), "--checkpoint", str(checkpoint), *selection, "--bars", "2", "--samples", "2"]
+    assert run_cli([*args, "-o", str(out)], capsys)[0] == 0
+    for i in range(2):
+        full, alone = Score(str(out / f"sample-{i}.mid")), Score(str(out / f"sample-{i}.continuation.mid"))
+        assert full.tpq == alone.tpq == 480
+        assert [t.name for t in full.tracks] == ["piano", "left hand", "pianomuse continuation"]
+        for written, given in zip(full.tracks[:2], original.tracks, strict=True):
+            assert notes_of(written, 0, stop - start) == notes_of(given, start, stop, shift=start)
+        expected_tempos = [(0, 500000)] + ([(2 * 1920 + 240 - start, 618557)] if start < 2 * 1920 else [])
+        assert [(t.time, t.mspq) for t in full.tempos if t.time < stop - start] == expected_tempos
+        assert [(t.time, t.mspq) for t in alone.tempos][:1] == [(0, 618557)]  # 97 qpm goes on, not rounded
+        continuation = full.tracks[2]
+        assert all(n.time >= stop - start for n in continuation.notes)
+        assert notes_of(continuation, 0, 10**9, shift=stop - start) == notes_of(alone.tracks[0], 0, 10**9)
+
+
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     code = main(args)
     captured = capsys.readouterr()
@@ -129,6 +177,26 @@ def test_cli_writes_every_sample(checkpoint, prompt_midi, tmp_path, capsys):
     ]
     assert [line.split(":")[0] for line in stdout.splitlines()] == ["sample-0", "sample-1"]
     assert all(", 2 bars, " in line for line in stdout.splitlines())
+
+
+def test_cli_takes_a_run_folder_for_its_best_checkpoint(checkpoint, prompt_midi, tmp_path, capsys):
+    args = ["complete", str(prompt_midi), "--checkpoint", str(checkpoint.parent), "--prompt-bars", "2", "--bars", "1"]
+    code, stdout, stderr = run_cli([*args, "--samples", "1", "-o", str(tmp_path / "out")], capsys)
+    assert code == 0, stderr
+    assert stdout.startswith("sample-0: ") and (tmp_path / "out/sample-0.mid").is_file()
+
+
+def test_cli_help_explains_every_option_and_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["complete", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ["--checkpoint", "--tokenizer", "--prompt-bars", "--from-bar", "--to-bar", "--bars", "--samples",
+                   "--temperature", "--top-p", "--top-k", "--seed", "--device", "--threads", "--output"]:
+        assert f"{option} " in text
+    for shown in ["M (default: 4)", "K (default: 4)", "(default: 1.0)", "(default: 0)", "(default: cpu)",
+                  "the last bar J of the prompt", "its best.pth is used"]:
+        assert shown in text, shown
+    assert "%(default)" not in text
 
 
 @pytest.fixture(scope="session")
@@ -170,6 +238,7 @@ def test_cli_rejects_bad_files(checkpoint, prompt_midi, other_tokenizer, tmp_pat
         ([str(not_midi), "--checkpoint", str(checkpoint)], "is not a readable MIDI file"),
         ([str(tmp_path / "absent.mid"), "--checkpoint", str(checkpoint)], "prompt file not found"),
         ([str(prompt_midi), "--checkpoint", str(tmp_path / "absent.pth")], "checkpoint not found"),
+        ([str(prompt_midi), "--checkpoint", str(tmp_path)], "is a folder without best.pth; pass a training run's"),
         ([str(prompt_midi), "--checkpoint", str(checkpoint), "--tokenizer", str(other_tokenizer)], "tokenizer mismatch"),
     ]
     for args, message in cases:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from symusic import Note, Score, Track
 from midi_factory import make_piano_score
-from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
+from workflow_helpers import copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
 from pianomuse.complete import Completer, Completion
@@ -185,19 +185,20 @@ TINY_TRAIN = {
 TINY_EVALUATE = {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32}
 TINY_PROBE = {"bars": 1, "samples": 1, "top_k": 50}
 # The stages that no windows, train or evaluate setting changes: the tiny run's tokens, transpositions and kernels.
-SHARED_STAGES = [
-    "results/tokens/test/shard-0.parquet", "results/augment/train/shard-0.parquet", "results/kernels/kernels.json"
-]
+def shared_stages(workdir: Path) -> list[str]:
+    data = data_dirs(workdir, "overrides.yaml")
+    targets = [data["tokens"] / "test/shard-0.parquet", data["augment"] / "train/shard-0.parquet"]
+    return [str(target.relative_to(workdir)) for target in targets] + ["results/kernels/kernels.json"]
 
 
 @pytest.fixture(scope="module")
 def tokenized_workflow(tmp_path_factory, maestro_dir) -> Path:
-    """One workflow copy for this module's tiny real-MAESTRO runs, with SHARED_STAGES done. Each test writes its
+    """One workflow copy for this module's tiny real-MAESTRO runs, with its shared stages done. Each test writes its
     overrides and runs `evaluate`, which rebuilds the windows for its settings; the runs have their own names, so
     the checkpoints and reports of one never stand in for another's, whichever test runs first."""
     workdir = copy_workflow(tmp_path_factory.mktemp("tiny-runs"))
     write_tiny_run_overrides(workdir, maestro_dir, {})
-    snakemake(workdir, *SHARED_STAGES, "--configfile", "overrides.yaml")
+    snakemake(workdir, *shared_stages(workdir), "--configfile", "overrides.yaml")
     return workdir
 
 
@@ -223,23 +224,25 @@ def assert_report_filled(out: Path, prompts: int) -> None:
         assert (out / image).is_file(), image  # the probe's piano rolls are linked from its own folder
 
 
-def assert_measures_side_by_side(results: dict, prompts: int, samples: int) -> None:
+def assert_measures_side_by_side(results: dict, prompts: int, samples: int, baselines: tuple = ()) -> None:
     """Every system in the tables of key agreement and NLL, with the counts behind each value."""
     nll = results["nll"]["systems"]
-    assert set(nll) == {"RWKV-7", "unigram"}
+    assert set(nll) == {"RWKV-7", *baselines, "unigram"}
     for system in nll.values():
         assert system["per_token"][3] == system["per_note"][3] == results["nll"]["windows"]
         # Per note = the same total NLL over fewer items than tokens.
         ratio = results["nll"]["tokens"] / results["nll"]["notes"]
         assert system["per_note"][0] == pytest.approx(system["per_token"][0] * ratio)
     agreement = results["key_agreement"]
-    assert list(agreement) == ["RWKV-7", REPEAT, OTHER_PIECE, TRUTH]
+    assert list(agreement) == ["RWKV-7", *baselines, REPEAT, OTHER_PIECE, TRUTH]
     counts = {"RWKV-7": prompts * samples, REPEAT: prompts, OTHER_PIECE: prompts, TRUTH: prompts}
+    counts.update({baseline: prompts * samples for baseline in baselines})
     for system, (mean, low, high, n) in agreement.items():
         assert len(results["key_agreement_values"][system]) == counts[system]
         assert 0 <= low <= mean <= high <= 1, system
     probe = results["probe"]
     assert probe["summary"][PROBE_REPEAT][0] == 1.0 and len(probe["prompts"]) == len(probe_figures())
+    assert probe["sampled"] == ["RWKV-7", *baselines]
 
 
 @pytest.mark.slow
@@ -252,11 +255,13 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, token
         "evaluate": TINY_EVALUATE,
         "probe": TINY_PROBE,
     })
-    snakemake(workdir, "evaluate", "--configfile", "overrides.yaml")
+    snakemake(workdir, "evaluate", "--configfile", "overrides.yaml")  # with both baselines, the default
 
     out = workdir / "results/eval/tiny"
     results = json.loads((out / "metrics.json").read_text())
-    assert_measures_side_by_side(results, prompts=2, samples=2)
+    assert_measures_side_by_side(results, prompts=2, samples=2, baselines=("Transformer", "n-gram"))
+    for run in ["tiny-transformer/best.pth", "tiny-ngram/model.npz"]:  # beside the run, not over it
+        assert (workdir / "results/checkpoints" / run).is_file(), run
     assert len(results["metric_values"]["RWKV-7"]["pitch-class overlap"]) == 4  # P x K
     assert [(p["prompt_bars"], p["samples"]["RWKV-7"]["bars"]) for p in results["prompts"]] == [(2, [2, 2])] * 2
     for p in range(2):
@@ -289,13 +294,15 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, token
 def test_mirex_preset_evaluates_4_bar_prompts_continued_for_12_bars(tokenized_workflow, maestro_dir):
     # The preset's own windows and run name: the overrides only shrink training and evaluation.
     workdir = tokenized_workflow
-    write_tiny_run_overrides(workdir, maestro_dir, {"train": TINY_TRAIN, "evaluate": TINY_EVALUATE, "probe": TINY_PROBE})
+    evaluate = {**TINY_EVALUATE, "baselines": []}  # the tiny run above has them
+    write_tiny_run_overrides(workdir, maestro_dir, {"train": TINY_TRAIN, "evaluate": evaluate, "probe": TINY_PROBE})
     snakemake(workdir, "evaluate", "--configfile", "overrides.yaml", "--config", "preset=mirex")
 
-    tokenizer = load_tokenizer(workdir / "results/tokenizer.json")
+    data = data_dirs(workdir, "overrides.yaml", preset="mirex")
+    tokenizer = load_tokenizer(data["tokenizer"] / "tokenizer.json")
     bar_id = tokenizer.vocab["Bar_None"]
     for split in ["train", "validation", "test"]:
-        windows = datasets.load_from_disk(str(workdir / "results/windows" / split))
+        windows = datasets.load_from_disk(str(data["windows"] / split))
         assert len(windows) > 0, split
         assert {ids.count(bar_id) for ids in windows["context_ids"]} == {4}, split
         assert {ids.count(bar_id) for ids in windows["completion_ids"]} == {12}, split

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +140,50 @@ def test_build_kernels_writes_a_checked_record(tmp_path):
 def test_cuda_source_compiles_with_nvcc(tmp_path):
     obj = build.compile_cuda_object(tmp_path / "wkv7_cuda.o", arch="sm_80")
     assert obj.stat().st_size > 0
+
+
+def test_every_checkout_compiles_the_same_staged_copy_of_its_sources(tmp_path, monkeypatch):
+    """Checkouts at two paths with the same sources stage them to the same files, and an unchanged copy keeps its
+    time stamp, so the build's ninja file and ninja's checks see nothing new; a changed source is copied again."""
+    checkouts = [tmp_path / "one/csrc", tmp_path / "two/csrc"]
+    for checkout in checkouts:
+        shutil.copytree(build.CSRC, checkout, copy_function=shutil.copyfile)
+    monkeypatch.setattr(build, "CSRC", checkouts[0])
+    staged = build.staged_sources("cpu", tmp_path / "kernels")
+    assert [path.name for path in staged] == build.SOURCES["cpu"]
+    assert all(path.read_bytes() == (checkouts[0] / path.name).read_bytes() for path in staged)
+    stamps = {path: path.stat().st_mtime_ns for path in (tmp_path / "kernels/src").iterdir()}
+    assert {path.name for path in stamps} >= {"wkv7_cpu.h", "small_batch_matmul.h", *build.SOURCES["cpu"]}
+    monkeypatch.setattr(build, "CSRC", checkouts[1])
+    assert build.staged_sources("cpu", tmp_path / "kernels") == staged
+    assert {path: path.stat().st_mtime_ns for path in stamps} == stamps
+    (checkouts[1] / "wkv7_cpu.h").write_text("// edited\n")
+    build.staged_sources("cpu", tmp_path / "kernels")
+    assert (tmp_path / "kernels/src/wkv7_cpu.h").read_text() == "// edited\n"
+
+
+LOAD = """
+import sys
+from pathlib import Path
+from pianomuse.kernels import build
+build.CSRC = Path(sys.argv[1])
+print(build.load_kernel("cpu", sys.argv[2], verbose=True).__file__)
+"""
+
+
+@pytest.mark.slow
+def test_a_checkout_at_another_path_reuses_a_build_as_is(tmp_path):
+    """Built from one checkout, loaded from another with the same sources (fresh time stamps): nothing compiles."""
+    checkouts = [tmp_path / "one/csrc", tmp_path / "two/csrc"]
+    for checkout in checkouts:
+        shutil.copytree(build.CSRC, checkout, copy_function=shutil.copyfile)
+    outputs = []
+    for checkout in checkouts:
+        result = subprocess.run(
+            [sys.executable, "-c", LOAD, checkout, tmp_path / "kernels"], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    library = Path(outputs[0].splitlines()[-1])
+    assert "ninja: no work to do" not in outputs[0] and "ninja: no work to do" in outputs[1]
+    assert outputs[1].splitlines()[-1] == str(library)

@@ -20,9 +20,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from workflow_helpers import REPO, copy_workflow, snakemake, write_tiny_run_overrides
+from workflow_helpers import REPO, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
 from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
+from pianomuse.checkpoint import save_weights
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.train import (
@@ -203,7 +204,7 @@ def synthetic_data(tmp_path_factory, tokenizer_path):
 
 
 def run_config(**train_overrides) -> dict:
-    config = apply_preset(CONFIG, {})
+    config = apply_preset({**CONFIG, "preset": "default"}, {})
     config["model"] = dict(TINY_MODEL)
     config["train"].update(
         device="cpu", max_steps=8, batch_tokens=1024, bucket_windows=64, lr=3e-3, min_lr=3e-4, warmup_steps=2,
@@ -280,6 +281,67 @@ def test_resuming_on_other_windows_is_refused(synthetic_data, tmp_path):
         run(run_config(max_steps=2), rebuilt, tmp_path / "run")
 
 
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_checkpoint_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        save_weights(RWKV7(RWKV7Config(vocab_size=16, **TINY_MODEL)), {"step": 0}, tmp_path, "best")
+    finally:
+        os.umask(previous)
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {"best.pth": mode, "best.json": mode}
+
+
+TRAIN_UNDER_A_LOG = """
+import sys, yaml
+from pianomuse.logs import log_to_file
+from pianomuse.train import train
+log_to_file(sys.argv[2])
+config = yaml.safe_load(open(sys.argv[1]))
+data = sys.argv[3]
+train(config, data + "/train", data + "/validation", data + "/tokenizer.json", sys.argv[4])
+"""
+
+
+def test_a_run_under_a_log_shows_progress_on_the_console_and_one_log_line_per_log_step(synthetic_data, tmp_path):
+    """As in the train rule: the console gets the progress bars (steps, loss, tok/s, ETA, the validation passes),
+    the log file one plain line per log step."""
+    config = run_config(max_steps=6, log_every=2, eval_every=3)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    log = tmp_path / "train.log"
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_UNDER_A_LOG, tmp_path / "config.yaml", log, synthetic_data, tmp_path / "tiny"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert result.returncode == 0, log.read_text()
+    console = result.stderr
+    assert "train tiny" in console and "6/6" in console and "loss=" in console and "tok_s=" in console
+    assert "validation (subset)" in console and "validation:" in console  # the periodic and the final pass
+    assert "validation NLL per completion token" in console
+    text = log.read_text()
+    assert "\r" not in text and "it/s" not in text  # no progress bar stream in the log
+    steps = [line for line in text.splitlines() if line.startswith("step ")]
+    # Log steps 2, 4, 6 and the evaluation at step 3, each one line with its loss, speed and time left.
+    assert [line.split()[1] for line in steps] == ["2/6", "3/6", "4/6", "6/6"]
+    assert all(" loss " in line and " tok/s " in line and " ETA " in line for line in steps)
+    assert "val " in steps[1] and "validation NLL per completion token" in text
+
+
+def test_a_failure_under_a_log_tells_the_console_why(tmp_path):
+    """A workflow script's uncaught error: the traceback in the log, the reason (and where the log is) on the
+    console; output of child processes (a compiler, say) goes to the log."""
+    script = (
+        "import os, sys\nfrom pianomuse.logs import log_to_file\nlog_to_file(sys.argv[1])\n"
+        "os.system('echo compiler line')\nraise RuntimeError('a run trained on other windows')\n"
+    )
+    log = tmp_path / "logs/stage.log"
+    result = subprocess.run([sys.executable, "-c", script, log], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode != 0
+    assert "RuntimeError: a run trained on other windows" in result.stderr and str(log) in result.stderr
+    assert "compiler line" not in result.stdout + result.stderr
+    text = log.read_text()
+    assert "compiler line" in text and "Traceback" in text and "a run trained on other windows" in text
+
+
 def test_two_process_ddp_on_cpu_trains_and_only_rank_0_writes(synthetic_data, tmp_path):
     config = run_config(devices=2, max_steps=4, eval_every=2)
     launch(config, synthetic_data / "train", synthetic_data / "validation", synthetic_data / "tokenizer.json", tmp_path)
@@ -338,8 +400,10 @@ def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, ma
     assert not (run_dir / "done.json").exists()
 
     snakemake(workdir, "--unlock")
-    snakemake(workdir, "train", "--configfile", "overrides.yaml")
-    assert "resuming" in (workdir / "results/logs/train/tiny.log").read_text()
+    result = snakemake(workdir, "train", "--configfile", "overrides.yaml")
+    log = (workdir / "results/logs/train/tiny.log").read_text()
+    assert "resuming" in log and "(2 CPU threads)" in log  # train.threads (8), lowered to --cores 2
+    assert "training run tiny on" in result.stdout + result.stderr and "validation" in result.stderr
     for name in ["done.json", "last.pth", "last.json", "last.state.pt", "best.pth", "best.json", "config.yaml",
                  "metrics.csv", "loss.png"]:
         assert (run_dir / name).exists(), name
@@ -350,3 +414,12 @@ def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, ma
     done = json.loads((run_dir / "done.json").read_text())
     assert done["val_nll"] < done["unigram_nll"]
     assert json.loads((run_dir / "best.json").read_text())["tokenizer_hash"]
+
+    # The run recorded its data; on other windows it can neither resume nor count as done, and Snakemake says so
+    # while planning, before building those windows.
+    windows = data_dirs(workdir, "overrides.yaml")["windows"]
+    assert json.loads((run_dir / "data.json").read_text())["windows"] == str(windows.relative_to(workdir))
+    (workdir / "other.yaml").write_text(yaml.safe_dump({"windows": {"context_bars": 3}}))
+    result = snakemake(workdir, "train", "--configfile", "overrides.yaml", "other.yaml", check=False)
+    assert result.returncode != 0 and "training run 'tiny' cannot go on" in result.stdout + result.stderr
+    assert sorted(path.name for path in windows.parent.iterdir()) == [windows.name]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import shutil
 import subprocess
 import sys
@@ -17,23 +18,29 @@ import pytest
 import yaml
 from midi_factory import make_piano_score, write_midi
 
-from pianomuse.config import deep_merge
+from pianomuse.config import data_folders, deep_merge, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "workflow", "envs", "csrc"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "profiles", "workflow", "envs", "csrc"]
 MAESTRO_CSV_HEADER = [
     "canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"
 ]
 
 
-def copy_workflow(dest: Path) -> Path:
-    """The workflow files in `dest`, so that a test's results/ and config edits stay out of the checkout."""
+def copy_workflow(dest: Path, preset: str | None = "default") -> Path:
+    """The workflow files in `dest`, so that a test's results/ and config edits stay out of the checkout. The
+    copy's config.yaml selects `preset` (default: the `default` preset, whichever one the checkout ships with;
+    None keeps the shipped choice)."""
+    dest.mkdir(parents=True, exist_ok=True)
     for name in WORKFLOW_FILES:
         source = REPO / name
         if source.is_dir():
             shutil.copytree(source, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(source, dest / name)
+    config = dest / "config.yaml"
+    if preset is not None:
+        config.write_text(re.sub(r"^preset: .*$", f"preset: {preset}", config.read_text(), count=1, flags=re.M))
     return dest
 
 
@@ -46,6 +53,14 @@ def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.Compl
         logs = "\n".join(f"== {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "results/logs").rglob("*.log")))
         pytest.fail(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}\n{logs}")
     return result
+
+
+def data_dirs(workdir: Path, configfile: str | None = None, **config) -> dict[str, Path]:
+    """The data folders (maestro, tokenizer, tokens, augment, windows) Snakemake uses in `workdir` with
+    `--configfile configfile --config key=value ...`."""
+    overrides = yaml.safe_load((workdir / configfile).read_text()) if configfile else {}
+    resolved = load_config(workdir / "config.yaml", deep_merge(overrides, config))
+    return {stage: workdir / folder for stage, folder in data_folders(resolved).items()}
 
 
 def edit_config(workdir: Path, section: str, key: str, value) -> None:

@@ -17,15 +17,18 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, MutableMapping
 
 import torch
 
+from pianomuse.files import atomic_write
+
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = {
-    "cpu": [CSRC / "wkv7_cpu.cpp", CSRC / "rwkv7_decode_cpu.cpp", CSRC / "wkv7_cpu_binding.cpp"],
-    "cuda": [CSRC / "wkv7_cuda.cu", CSRC / "wkv7_cuda_binding.cpp"],
+SOURCES = {  # in csrc/
+    "cpu": ["wkv7_cpu.cpp", "rwkv7_decode_cpu.cpp", "wkv7_cpu_binding.cpp"],
+    "cuda": ["wkv7_cuda.cu", "wkv7_cuda_binding.cpp"],
 }
 EXTENSION_NAMES = {"cpu": "pianomuse_wkv7_cpu", "cuda": "pianomuse_wkv7_cuda"}
 NVCC_FLAGS = ["-O3", "-lineinfo"]
@@ -150,6 +153,22 @@ def use_recorded_kernels(record_path: str | os.PathLike) -> None:
     os.environ["PIANOMUSE_KERNEL_DIR"] = json.loads(Path(record_path).read_text())["build_dir"]
 
 
+def staged_sources(device_type: str, build_dir: str | os.PathLike) -> list[Path]:
+    """The kernel's sources as copied into `build_dir/src`, from where every checkout compiles them.
+
+    cpp_extension's ninja file names the sources by absolute path: compiling each checkout's own csrc/ would
+    recompile whenever a checkout at another path used the shared build. A copy is rewritten only when its
+    content differs, so an unchanged one keeps its time stamp and ninja finds the build up to date.
+    """
+    src = Path(build_dir).resolve() / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    for source in sorted(path for path in CSRC.iterdir() if path.suffix in SOURCE_SUFFIXES):
+        copy = src / source.name
+        if not copy.is_file() or copy.read_bytes() != source.read_bytes():
+            atomic_write(copy, partial(shutil.copyfile, source))
+    return [src / name for name in SOURCES[device_type]]
+
+
 def _compile(device_type: str, build_dir: Path, verbose: bool):
     from torch.utils import cpp_extension
 
@@ -167,7 +186,7 @@ def _compile(device_type: str, build_dir: Path, verbose: bool):
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
         name=EXTENSION_NAMES[device_type],
-        sources=[str(source) for source in SOURCES[device_type]],
+        sources=[str(source) for source in staged_sources(device_type, build_dir)],
         extra_cflags=cflags,
         extra_ldflags=ldflags,
         build_directory=str(directory),
@@ -207,7 +226,7 @@ def compile_cuda_object(output: str | os.PathLike, arch: str = "sm_80", nvcc: st
         (stub_dir / generated).write_text("#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n")
         includes.append(str(stub_dir))
     command = [
-        nvcc, "-c", str(SOURCES["cuda"][0]), "-o", str(output), f"-arch={arch}", "-std=c++20",
+        nvcc, "-c", str(CSRC / SOURCES["cuda"][0]), "-o", str(output), f"-arch={arch}", "-std=c++20",
         "--compiler-options", "-fPIC", f"-DTORCH_EXTENSION_NAME={EXTENSION_NAMES['cuda']}",
         *cpp_extension.COMMON_NVCC_FLAGS, *NVCC_FLAGS, *[f"-I{path}" for path in includes],
     ]  # fmt: skip
@@ -259,7 +278,7 @@ def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
                 "name": EXTENSION_NAMES[device_type],
                 "device": device_type if device_type == "cpu" else torch.cuda.get_device_name(),
                 "path": str(Path(module.__file__).resolve()),
-                "sources": [str(source) for source in SOURCES[device_type]],
+                "sources": [str(source) for source in staged_sources(device_type, build_dir)],
                 "compiler": _compiler_version(device_type),
                 "checks": checks,
                 "passed": all(check["passed"] for check in checks),

@@ -1,15 +1,16 @@
-# Data stages: MAESTRO source -> tokenizer -> token shards -> transpositions -> bar windows.
+# Data stages: MAESTRO source -> tokenizer -> token shards -> transpositions -> bar windows, each in the folder of
+# its settings (common.smk); logs and benchmarks are kept per folder too.
 
 
 def token_shards(split):
-    return expand("results/tokens/{split}/shard-{k}.parquet", split=split, k=SHARDS)
+    return expand(TOKENS + "/{split}/shard-{k}.parquet", split=split, k=SHARDS)
 
 
 def window_sources(wildcards):
     """Train windows read the original shards and their transpositions; validation and test only the originals."""
     shards = token_shards(wildcards.split)
     if wildcards.split == "train":
-        shards += expand("results/augment/train/shard-{k}.parquet", k=SHARDS)
+        shards += expand(AUGMENT + "/train/shard-{k}.parquet", k=SHARDS)
     return shards
 
 
@@ -20,17 +21,16 @@ wildcard_constraints:
 
 rule maestro:
     output:
-        manifest="results/maestro/manifest.parquet",
+        manifest=f"{MAESTRO}/manifest.parquet",
     params:
-        maestro_dir=config["maestro_dir"],
-        url=config["maestro"]["url"],
-        sha256=config["maestro"]["sha256"],
+        # maestro_dir, url and sha256 say where MAESTRO v3.0.0 comes from, not what it is: the script reads them
+        # from the config, so that moving the MAESTRO folder reruns nothing.
         pieces_per_split=config["maestro"]["pieces_per_split"],
         seed=config["maestro"]["seed"],
     log:
-        "results/logs/maestro.log",
+        f"results/logs/maestro/{key_of(MAESTRO)}.log",
     benchmark:
-        "results/benchmarks/maestro.tsv"
+        f"results/benchmarks/maestro/{key_of(MAESTRO)}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:
@@ -39,13 +39,13 @@ rule maestro:
 
 rule tokenizer:
     output:
-        "results/tokenizer.json",
+        TOKENIZER,
     params:
         settings=config["tokenizer"],
     log:
-        "results/logs/tokenizer.log",
+        f"results/logs/tokenizer/{key_of(DATA['tokenizer'])}.log",
     benchmark:
-        "results/benchmarks/tokenizer.tsv"
+        f"results/benchmarks/tokenizer/{key_of(DATA['tokenizer'])}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:
@@ -58,15 +58,15 @@ rule tokenize:
         tokenizer=rules.tokenizer.output[0],
     output:
         # One job per shard index covers every split: similar loads per job, start-up paid once.
-        shards=expand("results/tokens/{split}/shard-{{k}}.parquet", split=SPLITS),
-        rejects=expand("results/tokens/{split}/shard-{{k}}.rejects.parquet", split=SPLITS),
+        shards=expand(TOKENS + "/{split}/shard-{{k}}.parquet", split=SPLITS),
+        rejects=expand(TOKENS + "/{split}/shard-{{k}}.rejects.parquet", split=SPLITS),
     params:
         splits=SPLITS,
         shards=config["tokenize"]["shards"],
     log:
-        "results/logs/tokenize/shard-{k}.log",
+        f"results/logs/tokenize/{key_of(TOKENS)}/shard-{{k}}.log",
     benchmark:
-        "results/benchmarks/tokenize/shard-{k}.tsv"
+        f"results/benchmarks/tokenize/{key_of(TOKENS)}/shard-{{k}}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:
@@ -76,16 +76,16 @@ rule tokenize:
 rule augment:
     input:
         tokenizer=rules.tokenizer.output[0],
-        shard="results/tokens/train/shard-{k}.parquet",
+        shard=TOKENS + "/train/shard-{k}.parquet",
     output:
-        shard="results/augment/train/shard-{k}.parquet",
-        stats="results/augment/train/shard-{k}.stats.json",
+        shard=AUGMENT + "/train/shard-{k}.parquet",
+        stats=AUGMENT + "/train/shard-{k}.stats.json",
     params:
         transpositions=config["augment"]["transpositions"],
     log:
-        "results/logs/augment/train-{k}.log",
+        f"results/logs/augment/{key_of(AUGMENT)}/train-{{k}}.log",
     benchmark:
-        "results/benchmarks/augment/train-{k}.tsv"
+        f"results/benchmarks/augment/{key_of(AUGMENT)}/train-{{k}}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:
@@ -97,17 +97,19 @@ rule windows:
         tokenizer=rules.tokenizer.output[0],
         shards=window_sources,
     output:
-        dataset=directory("results/windows/{split}"),
-        stats="results/windows/{split}.stats.json",
+        dataset=directory(WINDOWS + "/{split}"),
+        stats=WINDOWS + "/{split}.stats.json",
     params:
         context_bars=config["windows"]["context_bars"],
         completion_bars=config["windows"]["completion_bars"],
         step=config["windows"]["step"],
         max_tokens=config["windows"]["max_tokens"],
+        # Recorded in the stats: the settings, upstream ones included, this folder was built from.
+        data_settings=run_data_record(config)["settings"],
     log:
-        "results/logs/windows/{split}.log",
+        f"results/logs/windows/{key_of(WINDOWS)}/{{split}}.log",
     benchmark:
-        "results/benchmarks/windows/{split}.tsv"
+        f"results/benchmarks/windows/{key_of(WINDOWS)}/{{split}}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:
@@ -116,4 +118,4 @@ rule windows:
 
 rule data:
     input:
-        expand("results/windows/{split}", split=SPLITS),
+        expand(WINDOWS + "/{split}", split=SPLITS),

@@ -2,13 +2,16 @@
 # (`snakemake probe`), and the test windows -> results/eval/{train.run}/ (`snakemake evaluate`), whose report
 # includes the probe's tables and piano rolls.
 
-EVAL_DIR = f"results/eval/{config['train']['run']}"
-PROBE_DIR = f"results/probe/{config['train']['run']}"
+EVAL_DIR = f"results/eval/{RUN}"
+PROBE_DIR = f"results/probe/{RUN}"
+# The baselines sampled and scored beside the run (evaluate.baselines).
+BASELINES = config["evaluate"]["baselines"]
 
 
 rule probe:
     input:
-        done=rules.train.output.done,
+        done=f"{RUN_DIR}/done.json",
+        baselines=[BASELINE_DONE[name] for name in BASELINES],
         kernels=rules.kernels.output.record,
     output:
         results=f"{PROBE_DIR}/probe.json",
@@ -16,16 +19,16 @@ rule probe:
         html=f"{PROBE_DIR}/probe.html",
         prompts=directory(f"{PROBE_DIR}/prompts"),
     params:
-        checkpoint=f"{RUN_DIR}/best.pth",
+        checkpoints=[f"{RUN_DIR}/best.pth"] + [BASELINE_CHECKPOINTS[name] for name in BASELINES],
         settings=config["probe"],
         device=config["train"]["device"],
     threads: 1  # one token of K samples at a time: too little work to share between threads
     resources:
         gpu=min(train_gpus(config), 1),
     log:
-        f"results/logs/probe/{config['train']['run']}.log",
+        f"results/logs/probe/{RUN}.log",
     benchmark:
-        f"results/benchmarks/probe/{config['train']['run']}.tsv"
+        f"results/benchmarks/probe/{RUN}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:
@@ -34,9 +37,10 @@ rule probe:
 
 rule evaluate:
     input:
-        done=rules.train.output.done,
-        train="results/windows/train",
-        test="results/windows/test",
+        done=f"{RUN_DIR}/done.json",
+        baselines=[BASELINE_DONE[name] for name in BASELINES],
+        train=f"{WINDOWS}/train",
+        test=f"{WINDOWS}/test",
         kernels=rules.kernels.output.record,
         probe=rules.probe.output.results,
     output:
@@ -46,6 +50,7 @@ rule evaluate:
         samples=directory(f"{EVAL_DIR}/samples"),
     params:
         run_dir=RUN_DIR,
+        baselines=[BASELINE_CHECKPOINTS[name] for name in BASELINES],
         eval_dir=EVAL_DIR,
         settings=config["evaluate"],
         completion_bars=config["windows"]["completion_bars"],
@@ -55,9 +60,9 @@ rule evaluate:
     resources:
         gpu=min(train_gpus(config), 1),  # one device is plenty to sample K streams
     log:
-        f"results/logs/evaluate/{config['train']['run']}.log",
+        f"results/logs/evaluate/{RUN}.log",
     benchmark:
-        f"results/benchmarks/evaluate/{config['train']['run']}.tsv"
+        f"results/benchmarks/evaluate/{RUN}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:

@@ -3,13 +3,20 @@
 # The build goes to the per-user kernel cache, whose folder is named by the torch and Python versions and a hash of
 # csrc/ (pianomuse.kernels.build.default_build_dir): every checkout, workflow copy and `pianomuse complete` with the
 # same sources shares one build instead of compiling again. The record names the folder; train and evaluate load
-# what it names.
+# what it names. The inputs are paths relative to the working directory, so that a moved or copied checkout (with
+# its results/) finds its kernels up to date.
+
+KERNEL_SOURCES = sorted(
+    os.path.relpath(path)
+    for pattern in ["csrc/*", "pianomuse/kernels/*.py"]
+    for path in glob.glob(os.path.join(workflow.basedir, pattern))
+)
 
 
 rule kernels:
     input:
         # The kernel sources and the Python that builds and checks them.
-        sources=sorted(glob.glob(f"{workflow.basedir}/csrc/*") + glob.glob(f"{workflow.basedir}/pianomuse/kernels/*.py")),
+        sources=KERNEL_SOURCES,
     output:
         record="results/kernels/kernels.json",
     log:

@@ -1,36 +1,50 @@
-# Training: bar windows -> RWKV-7 checkpoints in results/checkpoints/{train.run}/.
+# Training: bar windows -> RWKV-7 checkpoints in results/checkpoints/{run}/ (today the run is train.run; see
+# run_config in common.smk).
 #
 # Resuming: last.pth and last.state.pt are deliberately not outputs, so Snakemake never deletes them when a job
 # fails or is killed; rerunning the rule (after a kill -9 of Snakemake itself: `--unlock`, then the same command,
 # which reruns the incomplete job) continues from them. Only done.json, written last, marks a finished run.
-
-RUN_DIR = f"results/checkpoints/{config['train']['run']}"
 
 
 def train_gpus(config):
     return 0 if config["train"]["device"] == "cpu" else config["train"]["devices"]
 
 
-rule train:
+wildcard_constraints:
+    run=r"[A-Za-z0-9_.-]+",
+
+
+rule train_run:
     input:
-        train="results/windows/train",
-        validation="results/windows/validation",
-        tokenizer=rules.tokenizer.output[0],
+        unpack(train_inputs),
         kernels=rules.kernels.output.record,
     output:
-        done=f"{RUN_DIR}/done.json",
+        done="results/checkpoints/{run}/done.json",
     params:
-        run_dir=RUN_DIR,
-        model=config["model"],
-        train=config["train"],
-    threads: config["train"]["num_workers"] + 1
+        run_dir="results/checkpoints/{run}",
+        model=lambda wildcards: run_config(wildcards.run)["model"],
+        train=lambda wildcards: run_config(wildcards.run)["train"],
+        data=run_data_record(config),
+    # torch computes with the rule's threads: train.threads, lowered by Snakemake to the cores it was given (-c).
+    threads: lambda wildcards: run_config(wildcards.run)["train"]["threads"]
     resources:
-        gpu=train_gpus(config),
+        gpu=lambda wildcards: train_gpus(run_config(wildcards.run)),
+    message:
+        "training run {wildcards.run} on {input.train}: progress below, one line per log step in {log}"
     log:
-        f"results/logs/train/{config['train']['run']}.log",
+        "results/logs/train/{run}.log",
     benchmark:
-        f"results/benchmarks/train/{config['train']['run']}.tsv"
+        "results/benchmarks/train/{run}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
     script:
         "../scripts/train.py"
+
+
+localrules:
+    train,
+
+
+rule train:  # the target `snakemake train`: the configured run
+    input:
+        f"{RUN_DIR}/done.json",

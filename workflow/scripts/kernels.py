@@ -1,7 +1,17 @@
+import json
+
 from pianomuse.kernels.build import build_kernels, default_build_dir, write_record
 from pianomuse.logs import log_to_file
 
-log = log_to_file(snakemake.log[0])
-record = build_kernels(default_build_dir(), verbose=True)
+log = log_to_file(snakemake.log[0])  # the compiler's lines land there too, not on the console
+build_dir = default_build_dir()
+log.info("building the kernels in %s", build_dir)
+record = build_kernels(build_dir, verbose=True)
 write_record(record, snakemake.output.record)
-log.info("%s", record)
+for kernel in record["kernels"]:
+    log.info(
+        "%s on %s: checks %s (%s), built with %s into %s",
+        kernel["name"], kernel["device"], "passed" if kernel["passed"] else "FAILED",
+        ", ".join(check["kernel"] for check in kernel["checks"]), kernel["compiler"], kernel["path"],
+    )
+log.info("record (%s):\n%s", snakemake.output.record, json.dumps(record, indent=2))

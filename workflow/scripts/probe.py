@@ -12,4 +12,4 @@ use_recorded_kernels(snakemake.input.kernels)
 torch.set_num_threads(snakemake.threads)
 params = snakemake.params
 out_dir = Path(snakemake.output.results).parent
-probe_checkpoint(params.checkpoint, None, Sampling(**params.settings), params.device, out_dir)
+probe_checkpoint(params.checkpoints, None, Sampling(**params.settings), params.device, out_dir)

@@ -15,5 +15,5 @@ stats = build_windows(
     out_dir=snakemake.output.dataset,
 )
 with open(snakemake.output.stats, "w") as f:
-    json.dump(stats, f, indent=2)
+    json.dump({**stats, "settings": params.data_settings}, f, indent=2)
 log.info("%s", stats)

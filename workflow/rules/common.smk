@@ -1,0 +1,57 @@
+# Names every rule file shares: the splits and shards, each data stage's folder, and the training runs.
+#
+# Each data stage writes into a folder named by a hash of the settings it depends on, its own and those upstream
+# (pianomuse.config.data_folders): results/windows/<key>/ for one windows configuration, results/windows/<other>/
+# for another. Switching preset or settings and back reruns nothing and deletes nothing; each configuration's
+# data stays beside the others'.
+
+from snakemake.exceptions import WorkflowError
+
+from pianomuse.config import ConfigError, check_run_data, data_folders, run_data_record
+
+SPLITS = ["train", "validation", "test"]
+SHARDS = range(config["tokenize"]["shards"])
+
+DATA = data_folders(config)
+MAESTRO = DATA["maestro"]
+TOKENIZER = f"{DATA['tokenizer']}/tokenizer.json"
+TOKENS = DATA["tokens"]
+AUGMENT = DATA["augment"]
+WINDOWS = DATA["windows"]
+
+# The configured run; its checkpoints and report folders.
+RUN = config["train"]["run"]
+RUN_DIR = f"results/checkpoints/{RUN}"
+# Its baselines, trained on the same windows beside it (never over it): the same-size Transformer goes through the
+# training rule as run {RUN}-transformer, the n-gram through its own rule.
+TRANSFORMER_RUN = f"{RUN}-transformer"
+NGRAM_DIR = f"{RUN_DIR}-ngram"
+BASELINE_CHECKPOINTS = {"transformer": f"results/checkpoints/{TRANSFORMER_RUN}/best.pth", "ngram": f"{NGRAM_DIR}/model.npz"}
+BASELINE_DONE = {"transformer": f"results/checkpoints/{TRANSFORMER_RUN}/done.json", "ngram": f"{NGRAM_DIR}/model.json"}
+
+
+def key_of(folder):
+    """The settings key that names a data folder (its last part): logs and benchmarks are kept per key too."""
+    return folder.rsplit("/", 1)[1]
+
+
+def run_config(run):
+    """The model and train settings of training run `run`: the configured train.run, or its same-size Transformer
+    baseline (the same settings but `model.arch`)."""
+    if run == RUN:
+        return {"model": config["model"], "train": config["train"]}
+    if run == TRANSFORMER_RUN:
+        return {"model": {**config["model"], "arch": "transformer"}, "train": {**config["train"], "run": run}}
+    raise WorkflowError(
+        f"no training run named {run!r} in this configuration (train.run is {RUN!r}, its baseline {TRANSFORMER_RUN!r})"
+    )
+
+
+def train_inputs(wildcards):
+    """The data a run trains on. Checked against what the run folder recorded (data.json) while Snakemake plans
+    the jobs, so that a run that cannot resume on this configuration's data fails before anything is rebuilt."""
+    try:
+        check_run_data(f"results/checkpoints/{wildcards.run}", run_data_record(config), run_config(wildcards.run)["model"])
+    except ConfigError as error:
+        raise WorkflowError(f"training run {wildcards.run!r} cannot go on: {error}") from None
+    return {"train": f"{WINDOWS}/train", "validation": f"{WINDOWS}/validation", "tokenizer": TOKENIZER}
