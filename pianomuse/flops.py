@@ -66,4 +66,5 @@ def transformer_forward_flops(
 def transformer_train_flops_per_token(
     n_layer: int, d_model: int, d_ff: int, vocab_size: int, ctx: int, scored_fraction: float = 1.0
 ) -> float:
-    return TRAIN_MULTIPLIER * sum(transformer_forward_flops(n_layer, d_model, d_ff, vocab_size, ctx, scored_fraction).values())
+    parts = transformer_forward_flops(n_layer, d_model, d_ff, vocab_size, ctx, scored_fraction)
+    return TRAIN_MULTIPLIER * sum(parts.values())

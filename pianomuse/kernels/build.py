@@ -24,7 +24,12 @@ import torch
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = {
-    "cpu": [CSRC / "wkv7_cpu.cpp", CSRC / "rwkv7_decode_cpu.cpp", CSRC / "wkv7_cpu_binding.cpp"],
+    "cpu": [
+        CSRC / "wkv7_cpu.cpp",
+        CSRC / "token_mix_cpu.cpp",
+        CSRC / "rwkv7_decode_cpu.cpp",
+        CSRC / "wkv7_cpu_binding.cpp",
+    ],
     "cuda": [CSRC / "wkv7_cuda.cu", CSRC / "wkv7_cuda_binding.cpp"],
 }
 EXTENSION_NAMES = {"cpu": "pianomuse_wkv7_cpu", "cuda": "pianomuse_wkv7_cuda"}
