@@ -8,11 +8,12 @@
 
 #include <vector>
 
-// GCC (11 or later: the x86-64-v3 name) builds an AVX2+FMA clone of each per-head loop beside the baseline x86-64
-// one and picks at load time (about 2.5x faster here), so one build stays portable across the machines that share a
+// GCC (11 or later: the x86-64-v3/v4 names) builds AVX-512 and AVX2+FMA clones of each per-head loop beside the
+// baseline x86-64 one and picks at load time (AVX2 was about 2.5x faster than the baseline here; AVX-512 a little
+// faster again on the shared development machine), so one build stays portable across the machines that share a
 // kernel cache.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && !defined(_WIN32)
-#define WKV7_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#define WKV7_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define WKV7_VECTOR_CLONES
 #endif
@@ -43,6 +44,11 @@ std::vector<at::Tensor> wkv7_cpu_forward(at::Tensor r, at::Tensor w, at::Tensor 
 std::vector<at::Tensor> wkv7_cpu_backward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v, at::Tensor a,
                                           at::Tensor b, at::Tensor checkpoints, at::Tensor grad_y,
                                           at::Tensor grad_state_out);
+// RWKV-7's token-shift mixes, fused (csrc/token_mix_cpu.cpp): x [B, T, C], x_prev [B, C] or none, mix [M, C] ->
+// M tensors [B, T, C]; the backward takes their M gradients and returns dx, dx_prev (empty without x_prev), dmix.
+std::vector<at::Tensor> token_mix_cpu_forward(at::Tensor x, c10::optional<at::Tensor> x_prev, at::Tensor mix);
+std::vector<at::Tensor> token_mix_cpu_backward(at::Tensor x, c10::optional<at::Tensor> x_prev, at::Tensor mix,
+                                               const std::vector<at::Tensor>& grads);
 // One RNN-mode step of a whole RWKV-7 model (csrc/rwkv7_decode_cpu.cpp): returns the logits and advances the
 // state (each block's att_x, wkv, ffn_x) in place.
 at::Tensor rwkv7_cpu_decode_step(at::Tensor idx, const std::vector<at::Tensor>& weights, std::vector<at::Tensor> state,

@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from pianomuse.kernels.token_mix import token_mix
 from pianomuse.kernels.wkv7 import wkv7, wkv7_step
 
 
@@ -68,12 +69,6 @@ class LayerState(NamedTuple):
 
 
 State = list[LayerState]
-
-
-def token_shift(x: torch.Tensor, x_prev: torch.Tensor | None) -> torch.Tensor:
-    """x delayed by one step along T: [x_prev, x_0, ..., x_{T-2}], with zeros before the first token."""
-    first = torch.zeros_like(x[:, :1]) if x_prev is None else x_prev[:, None].to(x.dtype)
-    return torch.cat([first, x[:, :-1]], dim=1)
 
 
 def run_wkv(r, w, k, v, a, b, state):
@@ -153,9 +148,9 @@ class TimeMix(nn.Module):
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
 
-        xx = token_shift(x, x_prev) - x
-        xr, xw, xk = x + xx * self.x_r, x + xx * self.x_w, x + xx * self.x_k
-        xv, xa, xg = x + xx * self.x_v, x + xx * self.x_a, x + xx * self.x_g
+        # Token shift: each projection reads its own mix of this token's input and the previous one's.
+        mixes = torch.cat([self.x_r, self.x_w, self.x_k, self.x_v, self.x_a, self.x_g]).view(6, C)
+        xr, xw, xk, xv, xa, xg = token_mix(x, x_prev, mixes)
 
         r = self.receptance(xr)
         # RWKV-LM's decay is exp(-exp(-softplus(-z) - 0.5)) with z = w0 + LoRA; its log is -exp(-0.5) * sigmoid(z),
@@ -184,6 +179,25 @@ class TimeMix(nn.Module):
         return self.output(y * g), v_first, x[:, -1], wkv_state
 
 
+class _SquaredReLU(torch.autograd.Function):
+    """relu(x)^2 saving only relu(x): autograd's `** 2` backward recomputes a power of the 4C-wide activation."""
+
+    @staticmethod
+    def forward(ctx, x):
+        positive = torch.relu(x)
+        ctx.save_for_backward(positive)
+        return positive * positive
+
+    @staticmethod
+    def backward(ctx, grad):
+        (positive,) = ctx.saved_tensors
+        return grad * (positive + positive)
+
+
+def squared_relu(x: torch.Tensor) -> torch.Tensor:
+    return _SquaredReLU.apply(x)
+
+
 class ChannelMix(nn.Module):
     """The feed-forward: token shift, then a squared-ReLU MLP of width 4C."""
 
@@ -199,8 +213,7 @@ class ChannelMix(nn.Module):
             self.value.weight.zero_()
 
     def forward(self, x, x_prev=None):
-        xx = token_shift(x, x_prev) - x
-        k = torch.relu(self.key(x + xx * self.x_k)) ** 2
+        k = squared_relu(self.key(token_mix(x, x_prev, self.x_k.view(1, -1))[0]))
         return self.value(k), x[:, -1]
 
 

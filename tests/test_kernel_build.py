@@ -129,8 +129,10 @@ def test_build_kernels_writes_a_checked_record(tmp_path):
     assert saved["passed"] and saved["torch"] == build.torch.__version__
     cpu = saved["kernels"][0]
     assert cpu["name"] == "pianomuse_wkv7_cpu" and cpu["path"].endswith((".so", ".pyd")) and cpu["compiler"]
-    wkv7_check, decode_check = cpu["checks"]
+    wkv7_check, mix_check, decode_check = cpu["checks"]
     assert set(wkv7_check["max_relative_error"]) == {"y", "state_out", "dr", "dw", "dk", "dv", "da", "db", "dstate"}
+    assert mix_check["kernel"] == "token_mix" and mix_check["passed"]
+    assert set(mix_check["max_relative_error"]) == {f"out{m}" for m in range(6)} | {"dx", "dx_prev", "dmix"}
     assert decode_check["kernel"] == "decode_step" and decode_check["passed"]
     assert set(decode_check["max_relative_error"]) == {"logits", "att_x", "wkv", "ffn_x"}
 

@@ -27,7 +27,7 @@ from pianomuse.files import atomic_write
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = {  # in csrc/
-    "cpu": ["wkv7_cpu.cpp", "rwkv7_decode_cpu.cpp", "wkv7_cpu_binding.cpp"],
+    "cpu": ["wkv7_cpu.cpp", "token_mix_cpu.cpp", "rwkv7_decode_cpu.cpp", "wkv7_cpu_binding.cpp"],
     "cuda": ["wkv7_cuda.cu", "wkv7_cuda_binding.cpp"],
 }
 EXTENSION_NAMES = {"cpu": "pianomuse_wkv7_cpu", "cuda": "pianomuse_wkv7_cuda"}
@@ -260,9 +260,9 @@ def _compiler_version(device_type: str) -> str:
 
 def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
     """Builds the CPU kernel (and the CUDA one where a GPU is visible), checks each against the twins (the WKV-7
-    recurrence; on the CPU also the whole decoding step), returns a record: what was built, where, with which
+    recurrence; on the CPU also the token-shift mixes and the whole decoding step), returns a record: what was built, where, with which
     compiler, and the maximum errors of the checks."""
-    from pianomuse.kernels.checks import check_decode_step, check_kernel
+    from pianomuse.kernels.checks import check_decode_step, check_kernel, check_token_mix
 
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     kernels = []
@@ -270,7 +270,7 @@ def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
         module = load_kernel(device_type, build_dir, verbose=verbose)
         checks = [check_kernel(module, device_type, torch.float32)]
         if device_type == "cpu":
-            checks.append(check_decode_step(module))
+            checks.extend([check_token_mix(module), check_decode_step(module)])
         if device_type == "cuda":
             checks.append(check_kernel(module, device_type, torch.bfloat16))
         kernels.append(

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from pianomuse.kernels.decode import CompiledStep
+from pianomuse.kernels.token_mix import token_mix_compiled, token_mix_reference
 from pianomuse.kernels.wkv7 import wkv7_compiled, wkv7_reference
 from pianomuse.model import RWKV7, RWKV7Config, state_repeat
 
@@ -72,6 +73,36 @@ def check_kernel(kernel, device_type: str, dtype: torch.dtype, shape=(2, 40, 3, 
         "kernel": "wkv7",
         "dtype": str(dtype).removeprefix("torch."),
         "shape_BTHN": list(shape),
+        "max_relative_error": errors,
+        "tolerance": tolerance,
+        "passed": all(error <= tolerance for error in errors.values()),
+    }
+
+
+def check_token_mix(kernel, shape=(3, 70, 96), mixes: int = 6, seed: int = 0) -> dict:
+    """Compares the fused token-shift mixes (outputs and the gradients of x, x_prev and the mixes) with the twin on
+    one random problem whose row blocks straddle sequences."""
+    generator = torch.Generator().manual_seed(seed)
+    batch, _, channels = shape
+    inputs = [torch.randn(*shape, generator=generator), torch.randn(batch, channels, generator=generator),
+              torch.rand(mixes, channels, generator=generator)]
+
+    def run(fn):
+        leaves = [x.clone().requires_grad_(True) for x in inputs]
+        outputs = fn(*leaves)
+        weights = torch.Generator().manual_seed(seed + 1)
+        sum((out * torch.randn(out.shape, generator=weights)).sum() for out in outputs).backward()
+        results = {f"out{m}": out.detach() for m, out in enumerate(outputs)}
+        results.update({f"d{name}": leaf.grad for name, leaf in zip(("x", "x_prev", "mix"), leaves)})
+        return results
+
+    errors = relative_errors(run(lambda *a: token_mix_compiled(kernel, *a)), run(token_mix_reference))
+    tolerance = TOLERANCE[torch.float32]
+    return {
+        "kernel": "token_mix",
+        "dtype": "float32",
+        "shape_BTC": list(shape),
+        "mixes": mixes,
         "max_relative_error": errors,
         "tolerance": tolerance,
         "passed": all(error <= tolerance for error in errors.values()),
