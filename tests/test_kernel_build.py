@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,28 @@ def test_a_checkout_at_another_path_reuses_a_build_as_is(tmp_path):
     library = Path(outputs[0].splitlines()[-1])
     assert "ninja: no work to do" not in outputs[0] and "ninja: no work to do" in outputs[1]
     assert outputs[1].splitlines()[-1] == str(library)
+
+
+@pytest.mark.skipif(build.fcntl is None, reason="the OS lock is POSIX's flock")
+def test_a_lock_file_left_by_a_killed_build_is_cleared_instead_of_waited_on(tmp_path):
+    (tmp_path / "lock").touch()  # what cpp_extension leaves when its build is killed
+    with pytest.warns(UserWarning, match="left by a kernel build that was killed"):
+        with build.exclusive_build(tmp_path):
+            assert not (tmp_path / "lock").exists()
+
+
+@pytest.mark.skipif(build.fcntl is None, reason="the OS lock is POSIX's flock")
+def test_a_build_in_progress_elsewhere_is_waited_for(tmp_path):
+    # Another process holds the OS lock, as a live build does, and its cpp_extension lock file exists.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX);"
+         " open(sys.argv[2], 'w').close(); print('held', flush=True); time.sleep(2)",
+         str(tmp_path / "build.flock"), str(tmp_path / "lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert holder.stdout.readline() == "held\n"
+    start = time.monotonic()
+    with pytest.warns(UserWarning, match="killed"), build.exclusive_build(tmp_path):
+        assert time.monotonic() - start > 1.5  # entered only once the holder let go (it holds the lock 2 s)
+        assert not (tmp_path / "lock").exists()  # the holder left without removing it: stale, cleared
+    holder.wait()

@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import warnings
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 from typing import Callable, Mapping, MutableMapping
@@ -24,6 +26,11 @@ from typing import Callable, Mapping, MutableMapping
 import torch
 
 from pianomuse.files import atomic_write
+
+try:
+    import fcntl
+except ImportError:  # Windows: cpp_extension's own lock file alone guards a build
+    fcntl = None
 
 CSRC = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = {  # in csrc/
@@ -169,6 +176,26 @@ def staged_sources(device_type: str, build_dir: str | os.PathLike) -> list[Path]
     return [src / name for name in SOURCES[device_type]]
 
 
+@contextmanager
+def exclusive_build(directory: Path):
+    """Holds an OS lock on `directory` for one build, and clears a lock file a killed build left behind.
+
+    cpp_extension guards a build folder with a plain `lock` file and waits, silently and forever, while it exists:
+    a build killed mid-way (Ctrl-C, a killed job) would hang every later one. An OS lock dies with its holder, so
+    whoever holds it knows that a `lock` file it finds is stale.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(directory / "build.flock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        baton = directory / "lock"
+        if baton.exists():
+            warnings.warn(f"removed {baton}, left by a kernel build that was killed", stacklevel=3)
+            baton.unlink()
+        yield
+
+
 def _compile(device_type: str, build_dir: Path, verbose: bool):
     from torch.utils import cpp_extension
 
@@ -184,16 +211,17 @@ def _compile(device_type: str, build_dir: Path, verbose: bool):
     # Each extension gets its own directory: cpp_extension writes one build.ninja per build directory.
     directory = Path(build_dir).resolve() / device_type
     directory.mkdir(parents=True, exist_ok=True)
-    return cpp_extension.load(
-        name=EXTENSION_NAMES[device_type],
-        sources=[str(source) for source in staged_sources(device_type, build_dir)],
-        extra_cflags=cflags,
-        extra_ldflags=ldflags,
-        build_directory=str(directory),
-        with_cuda=device_type == "cuda",
-        verbose=verbose,
-        **extra,
-    )
+    with exclusive_build(directory):
+        return cpp_extension.load(
+            name=EXTENSION_NAMES[device_type],
+            sources=[str(source) for source in staged_sources(device_type, build_dir)],
+            extra_cflags=cflags,
+            extra_ldflags=ldflags,
+            build_directory=str(directory),
+            with_cuda=device_type == "cuda",
+            verbose=verbose,
+            **extra,
+        )
 
 
 def load_kernel(device_type: str, build_dir: str | os.PathLike | None = None, verbose: bool = False):
