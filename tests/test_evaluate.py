@@ -202,8 +202,9 @@ def tokenized_workflow(tmp_path_factory, maestro_dir) -> Path:
     return workdir
 
 
-def assert_report_filled(out: Path, prompts: int) -> None:
-    """report.md and report.html hold every table, every cell filled, nothing undefined, every image there."""
+def assert_report_filled(out: Path, prompts: int, sampled: int = 1) -> None:
+    """report.md and report.html hold every table, every cell filled, nothing undefined, every image there
+    (`sampled`: the systems whose samples have piano rolls)."""
     markdown, html = (out / "report.md").read_text(), (out / "report.html").read_text()
     table_rows = [line for line in markdown.splitlines() if line.startswith("| ")]
     probes = len(probe_figures())
@@ -219,7 +220,8 @@ def assert_report_filled(out: Path, prompts: int) -> None:
     assert not re.search(r"\bnan\b|n/a", markdown, re.IGNORECASE)
     assert html.count("<tr>") == len(table_rows) and "<td></td>" not in html and "n/a" not in html
     images = re.findall(r"!\[[^]]*\]\(([^)]+)\)", markdown)
-    assert len(images) == 2 * prompts + probes and html.count("<img ") == len(images)
+    # A roll per prompt for each sampled system and the truth; one per probe figure for each sampled system.
+    assert len(images) == prompts * (sampled + 1) + probes * sampled and html.count("<img ") == len(images)
     for image in images:
         assert (out / image).is_file(), image  # the probe's piano rolls are linked from its own folder
 
@@ -269,7 +271,7 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, token
             assert (out / f"samples/prompt-{p}" / name).is_file(), name
     probe = json.loads((workdir / "results/probe/tiny/probe.json").read_text())
     assert probe["settings"]["bars"] == 1 and results["probe"] == probe
-    assert_report_filled(out, prompts=2)
+    assert_report_filled(out, prompts=2, sampled=3)
 
     # The trained checkpoint, as a composer would use it: `pianomuse complete` on a real MAESTRO prompt.
     prompt = maestro_dir / "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.midi"
