@@ -14,7 +14,7 @@ import pytest
 import torch
 from symusic import Note, Score, Track
 from midi_factory import make_piano_score
-from workflow_helpers import copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
+from workflow_helpers import TINY_TRAIN, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
 from pianomuse.complete import Completer, Completion
@@ -178,10 +178,6 @@ def test_prompts_take_one_window_per_piece_first_and_are_seeded():
     assert len(set(choose_prompts(pieces, 11, seed=0))) == 11
 
 
-TINY_TRAIN = {
-    "device": "cpu", "max_steps": 6, "batch_tokens": 4096, "warmup_steps": 2, "eval_every": 3, "eval_windows": 8,
-    "log_every": 3, "checkpoint_every": 3, "num_workers": 0,
-}
 TINY_EVALUATE = {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32}
 TINY_PROBE = {"bars": 1, "samples": 1, "top_k": 50}
 # The stages that no windows, train or evaluate setting changes: the tiny run's tokens, transpositions and kernels.

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from midi_factory import make_piano_score, write_midi
 from test_complete import check_samples
-from workflow_helpers import copy_workflow, snakemake, write_tiny_run_overrides
+from workflow_helpers import TINY_TRAIN, copy_workflow, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
@@ -238,10 +238,7 @@ def test_the_workflow_builds_both_baselines_beside_the_run(tmp_path, maestro_dir
     workdir = copy_workflow(tmp_path)
     write_tiny_run_overrides(workdir, maestro_dir, {
         "windows": {"context_bars": 2, "completion_bars": 1, "step": 1, "max_tokens": 512},
-        "train": {
-            "run": "tiny", "device": "cpu", "max_steps": 6, "batch_tokens": 4096, "warmup_steps": 2, "eval_every": 3,
-            "eval_windows": 8, "log_every": 3, "checkpoint_every": 3, "num_workers": 0,
-        },
+        "train": {**TINY_TRAIN, "run": "tiny"},
         "ngram": {"orders": [2, 3], "max_windows": 50, "validation_windows": 20},
     })  # fmt: skip
     snakemake(workdir, "baselines", "--configfile", "overrides.yaml")

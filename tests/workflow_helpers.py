@@ -100,6 +100,13 @@ def serve_as_maestro_zip(source: Path, root: Path):
         server.server_close()
 
 
+# A few-step CPU run for tests that need a trained checkpoint, not a good one.
+TINY_TRAIN = {
+    "device": "cpu", "max_steps": 6, "batch_tokens": 4096, "warmup_steps": 2, "eval_every": 3, "eval_windows": 8,
+    "log_every": 3, "checkpoint_every": 3, "num_workers": 0,
+}
+
+
 def write_tiny_run_overrides(workdir: Path, maestro_dir: Path, sections: dict) -> None:
     """`overrides.yaml` for a tiny real-MAESTRO run (2 pieces per split, one shard, one transposition, an L2 D64
     model) with `sections` (windows, train, evaluate, ...) merged over it."""
