@@ -1,14 +1,22 @@
-"""Augment stage: transpositions of the train token shards, done in token space (no MIDI re-tokenizing).
+"""Augment stage: transpositions and loops of the train token shards, done in token space (no MIDI re-tokenizing).
 
 A transposition only renames Pitch tokens: miditok's `augment_score(score, pitch_offset=o)` shifts the pitches of
 the non-drum tracks and nothing else (velocities, durations, pedals and timing stay), and the tokenizer's
 preprocessing treats every pitch alike, so remapping Pitch_p -> Pitch_{p+o} in the ids gives exactly what
 tokenizing the transposed score would (tests/test_augment.py checks this on MAESTRO pieces).
+
+A loop is a row made of a span of one piece's bars (1, 2 or 4 of them, say) played again and again, each time
+exactly the same tokens. MAESTRO is performed music: a figure played twice is almost never the same tokens twice
+(timing and velocity drift), so without loops the model never sees that an exact repeat is worth copying
+(docs/experiments.md, E4). Loop rows keep the source's metadata; their piece_id is the source's plus
+`LOOP_MARK` and the span, e.g. `2004/piece#loop-12+2` (bars 12 and 13).
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +27,15 @@ from miditok import REMI
 
 from pianomuse.files import write_parquet_atomic
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.tokens import TOKEN_SHARD_SCHEMA
+from pianomuse.tokens import TOKEN_SHARD_SCHEMA, list_array, pitch_token_ids
+from pianomuse.windows import TempoMarkers, shard_rows, standalone_bars
 
 # The largest transposition the shift table holds, either way (the config schema allows -12..12).
 MAX_SHIFT = 12
 # Marks, in the shift table, a Pitch token whose transposition leaves the tokenizer's pitch range.
 OUT_OF_RANGE = -1
+# Joins a loop row's piece_id to its span: `{source piece_id}#loop-{first bar}+{bars}`.
+LOOP_MARK = "#loop-"
 
 
 def pitch_shift_table(tokenizer: REMI) -> np.ndarray:
@@ -59,9 +70,14 @@ def transpose_ids(ids: np.ndarray, offset: int, pitch_shift_table: np.ndarray) -
 
 
 def augment_shard(
-    tokenizer_path: str | Path, shard_path: str | Path, offsets: list[int], out_path: str | Path
+    tokenizer_path: str | Path,
+    shard_path: str | Path,
+    offsets: list[int],
+    out_path: str | Path,
+    loops: Loops | None = None,
 ) -> dict:
-    """Write every transposition by `offsets` of the pieces of a token shard that stays in the pitch range.
+    """Write every transposition by `offsets` of the pieces of a token shard that stays in the pitch range, and
+    the `loops` rows (none when None).
 
     The output has TOKEN_SHARD_SCHEMA, rows sorted by (piece_id, transpose); a row keeps its piece_id, metadata,
     bar_offsets and n_notes, with `transpose` set to the offset. The input must hold originals (transpose 0)
@@ -71,7 +87,8 @@ def augment_shard(
     if 0 in offsets or len(set(offsets)) != len(offsets):
         raise ValueError(f"transpositions must be distinct and non-zero, got {offsets}")
     start = time.perf_counter()
-    table = pitch_shift_table(load_tokenizer(tokenizer_path))
+    tokenizer = load_tokenizer(tokenizer_path)
+    table = pitch_shift_table(tokenizer)
     shard = pq.read_table(shard_path, schema=TOKEN_SHARD_SCHEMA)
     if pc.any(pc.not_equal(shard["transpose"], 0)).as_py():
         raise ValueError(f"{shard_path} holds transposed rows; augment the original token shards only")
@@ -94,13 +111,80 @@ def augment_shard(
             rows.schema.get_field_index("transpose"), "transpose", pa.array(np.full(len(shard), offset, np.int8))
         )
         transposed.append(rows.filter(pa.array(fits)))
-    augmented = pa.concat_tables(transposed).sort_by([("piece_id", "ascending"), ("transpose", "ascending")])
+    looped = loop_rows(tokenizer, shard, shard_path, loops, offsets) if loops else TOKEN_SHARD_SCHEMA.empty_table()
+    augmented = pa.concat_tables([*transposed, looped]).sort_by([("piece_id", "ascending"), ("transpose", "ascending")])
     write_parquet_atomic(augmented, out_path)
     return {
         "pieces": len(shard),
         "offsets": list(offsets),
         "written": len(augmented),
         "skipped_per_offset": skipped,
+        "loops": len(looped),
         "tokens": int(pc.sum(pc.list_value_length(augmented["ids"])).as_py() or 0),
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+@dataclass(frozen=True)
+class Loops:
+    """How loop rows are made: `per_piece` rows from every original piece, each a span of one of `span_bars`
+    bars (uniformly) repeated to `length_bars` bars and transposed by 0 or one of the stage's transpositions."""
+
+    per_piece: int
+    span_bars: list[int]
+    length_bars: int
+    seed: int
+
+    def __post_init__(self):
+        if self.per_piece < 0 or not self.span_bars or min(self.span_bars) < 1:
+            raise ValueError(f"loops need per_piece >= 0 and spans of at least 1 bar, got {self}")
+        if self.length_bars < max(self.span_bars):
+            raise ValueError(f"a loop of {self.length_bars} bars cannot hold a span of {max(self.span_bars)}")
+
+
+def piece_rng(seed: int, piece_id: str) -> np.random.Generator:
+    """A generator for one piece: its loops do not depend on which other pieces share its shard."""
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha1(piece_id.encode()).digest()[:8], "big")])
+
+
+def loop_rows(tokenizer: REMI, shard: pa.Table, shard_path, loops: Loops, offsets: list[int]) -> pa.Table:
+    """The loop rows (TOKEN_SHARD_SCHEMA) of every piece of an original token shard; a span is drawn among the
+    bars that hold a note each, and a piece with no such span, or a transposition leaving the range, is skipped."""
+    markers = TempoMarkers.of(tokenizer)
+    table = pitch_shift_table(tokenizer)
+    is_pitch = np.zeros(len(tokenizer.vocab), dtype=bool)
+    is_pitch[pitch_token_ids(tokenizer)] = True
+    bar_id = tokenizer.vocab["Bar_None"]
+    source_row = {piece_id: r for r, piece_id in enumerate(shard["piece_id"].to_pylist())}
+    rows, ids_column, bars_column = [], [], []
+    for piece_id, _, ids, bar_offsets in shard_rows(shard_path):
+        rng = piece_rng(loops.seed, piece_id)
+        bounds = np.append(bar_offsets, len(ids)).astype(np.int64)
+        has_note = np.add.reduceat(is_pitch[ids].astype(np.int64), bounds[:-1]) > 0 if len(bar_offsets) else []
+        for _ in range(loops.per_piece):
+            span = int(rng.choice(loops.span_bars))
+            # Spans whose bars all hold a note: a window of all-but-empty bars teaches nothing.
+            full = np.convolve(np.asarray(has_note, dtype=np.int64), np.ones(span, dtype=np.int64), "valid") == span
+            offset = int(rng.choice([0, *offsets]))
+            if not full.any():
+                continue
+            first = int(rng.choice(np.flatnonzero(full)))
+            once = standalone_bars(ids, bar_offsets, markers, first, first + span)
+            repeats = -(-loops.length_bars // span)
+            looped = transpose_ids(np.tile(once, repeats), offset, table)
+            if looped is None:
+                continue
+            looped = looped[: np.flatnonzero(looped == bar_id)[loops.length_bars]] if repeats * span > loops.length_bars else looped
+            rows.append((source_row[piece_id], f"{piece_id}{LOOP_MARK}{first}+{span}", offset))
+            ids_column.append(looped)
+            bars_column.append(np.flatnonzero(looped == bar_id).astype(np.uint32))
+    picked = shard.take(pa.array([r for r, _, _ in rows], pa.int64()))
+    picked = picked.set_column(0, "piece_id", pa.array([name for _, name, _ in rows], pa.string()))
+    for name, column in [
+        ("transpose", pa.array(np.array([o for _, _, o in rows], dtype=np.int8))),
+        ("ids", list_array(ids_column, pa.uint16())),
+        ("bar_offsets", list_array(bars_column, pa.uint32())),
+        ("n_notes", pa.array(np.array([int(is_pitch[i].sum()) for i in ids_column], dtype=np.int32))),
+    ]:
+        picked = picked.set_column(picked.schema.get_field_index(name), name, column)
+    return picked.cast(TOKEN_SHARD_SCHEMA)

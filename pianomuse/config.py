@@ -71,7 +71,11 @@ def data_settings(config: dict) -> dict:
     url, sha256) is not among them: the same pinned data set from another place is the same data."""
     return {
         "maestro": {key: config["maestro"][key] for key in ("pieces_per_split", "seed")},
-        **{stage: config[stage] for stage in ("tokenizer", "tokenize", "augment", "windows")},
+        # An option left null (off) is left out: adding an option to a stage keeps its existing folders' keys.
+        **{
+            stage: {key: value for key, value in config[stage].items() if value is not None}
+            for stage in ("tokenizer", "tokenize", "augment", "windows")
+        },
     }
 
 

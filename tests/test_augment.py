@@ -10,11 +10,12 @@ from midi_factory import make_piano_score, write_midi
 from miditok.data_augmentation import augment_score
 from symusic import Score
 
-from pianomuse.augment import augment_shard, pitch_shift_table, transpose_ids
+from pianomuse.augment import LOOP_MARK, Loops, augment_shard, pitch_shift_table, transpose_ids
 from pianomuse.files import write_parquet_atomic
 from pianomuse.maestro import read_metadata
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import TOKEN_SHARD_SCHEMA, list_array, merge_piano_tracks, tokenize_piece
+from pianomuse.windows import TempoMarkers, standalone_bars
 
 
 @pytest.fixture(scope="module")
@@ -153,3 +154,44 @@ def test_token_space_transposition_equals_miditok_augment_score(tokenizer, maest
     # Tokenizing the transposed score would silently drop the notes pushed out of range instead.
     dropped = tokenizer.encode(augment_score(score, pitch_offset=max(offsets)))[0].ids
     assert len(pitches_of(tokenizer, dropped)) < n_notes
+
+
+def test_loop_rows_repeat_one_span_of_the_piece_exactly(tokenizer, tokenizer_path, tmp_path):
+    scores = {"2004/a": make_piano_score(bars=6, notes_per_bar=4, seed=3), "2004/b": make_piano_score(bars=5, notes_per_bar=3, seed=4)}
+    shard = write_token_shard(tokenizer, scores, tmp_path / "shard.parquet")
+    loops = Loops(per_piece=3, span_bars=[1, 2, 4], length_bars=7, seed=0)
+
+    stats = augment_shard(tokenizer_path, shard, [2], tmp_path / "augment.parquet", loops)
+
+    rows = pq.read_table(tmp_path / "augment.parquet").to_pandas()
+    looped = rows[rows["piece_id"].str.contains(LOOP_MARK, regex=False)]
+    assert stats["loops"] == len(looped) == 6 and stats["written"] == 2 + 6
+    original = pq.read_table(shard).to_pandas().set_index("piece_id")
+    table = pitch_shift_table(tokenizer)
+    for row in looped.itertuples():
+        source_id, span = row.piece_id.split(LOOP_MARK)
+        first, bars = map(int, span.split("+"))
+        source = original.loc[source_id]
+        assert row.transpose in (0, 2) and row.title == source.title
+        assert len(row.bar_offsets) == 7 and (row.ids[row.bar_offsets] == tokenizer.vocab["Bar_None"]).all()
+        # Every repeat is the same tokens: the span's bars as a stream of their own, transposed.
+        bounds = np.append(row.bar_offsets, len(row.ids))
+        repeats = [row.ids[bounds[i] : bounds[min(i + bars, 7)]] for i in range(0, 7, bars)]
+        assert all((r == repeats[0][: len(r)]).all() for r in repeats)
+        markers = TempoMarkers.of(tokenizer)
+        source_ids = transpose_ids(np.asarray(source.ids, dtype=np.uint16), row.transpose, table)
+        expected = standalone_bars(source_ids, np.asarray(source.bar_offsets), markers, first, first + bars)
+        assert (repeats[0] == expected).all()
+        assert row.n_notes == sum(token.startswith("Pitch_") for token in tokens_of(tokenizer, row.ids))
+    # Seeded per piece: the same loops again, and other ones with another seed.
+    again = augment_shard(tokenizer_path, shard, [2], tmp_path / "again.parquet", loops)
+    assert again == {**stats, "seconds": again["seconds"]}
+    assert pq.read_table(tmp_path / "again.parquet").equals(pq.read_table(tmp_path / "augment.parquet"))
+    other = augment_shard(tokenizer_path, shard, [2], tmp_path / "other.parquet", Loops(3, [1, 2, 4], 7, seed=1))
+    other_ids = pq.read_table(tmp_path / "other.parquet").to_pandas()["piece_id"].tolist()
+    assert other_ids != rows["piece_id"].tolist()
+
+
+def test_loops_refuse_a_span_longer_than_the_loop():
+    with pytest.raises(ValueError, match="cannot hold"):
+        Loops(per_piece=1, span_bars=[8], length_bars=4, seed=0)

@@ -82,6 +82,7 @@ rule augment:
         stats=AUGMENT + "/train/shard-{k}.stats.json",
     params:
         transpositions=config["augment"]["transpositions"],
+        loops=config["augment"]["loops"],
     log:
         f"results/logs/augment/{key_of(AUGMENT)}/train-{{k}}.log",
     benchmark:

@@ -1,0 +1,50 @@
+"""Does a model copy a figure it has heard? NLL of each bar of the probe's figures played 12 times, by repeat.
+
+A model that copies in context gets cheaper with every repeat (bar 2 onwards costs ~0 nats for a perfect copier);
+one that only learned the prompt's key and rhythm stays flat. Run on the run folders to compare, e.g.
+
+    .venv/bin/python bench/copy_in_context.py results/checkpoints/demo results/checkpoints/demo-loops
+
+Prints, per run, the mean NLL (nats) of bars 1..11 over the 25 figures, and per token for bars 1, 2 and 9..11.
+"""
+
+import argparse
+
+import numpy as np
+import torch
+
+from pianomuse.complete import Completer
+from pianomuse.probe import probe_figures
+
+BARS = 12
+
+
+def bar_nlls(completer: Completer, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and token count of each whole bar after the first token (the last bar, unfinished, left out)."""
+    x = torch.tensor([ids])
+    with torch.inference_mode():
+        logits = completer.model(x)
+    logits = logits[0] if isinstance(logits, tuple) else logits
+    nll = -torch.log_softmax(logits[0, :-1].float(), -1).gather(1, x[0, 1:, None])[:, 0].numpy()
+    bar = np.cumsum(np.array(ids[1:]) == completer.grammar.bar_id)  # bar 1 starts after the first Bar
+    return np.array([nll[bar == b].sum() for b in range(1, BARS)]), np.array([(bar == b).sum() for b in range(1, BARS)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", help="run folders (results/checkpoints/{run}) or checkpoint files")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    figures = probe_figures()
+    for run in args.runs:
+        completer = Completer.load(run)
+        completer.model.eval()
+        sums, counts = zip(*(bar_nlls(completer, completer.prompt_ids(f.score(BARS), None)) for f in figures))
+        per_bar, per_token = np.mean(sums, axis=0), np.sum(sums, axis=0) / np.sum(counts, axis=0)
+        print(f"{run}: NLL per bar, bars 1..{BARS - 1}: {' '.join(f'{v:.1f}' for v in per_bar)}")
+        print(f"{run}: NLL per token, bar 1 / 2 / 9-11: {per_token[0]:.3f} / {per_token[1]:.3f} / {per_token[8:].mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
