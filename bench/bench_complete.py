@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests/midi_factory.py for the synthetic fallback prompt
 
 from pianomuse.complete import Completer, Sampling  # noqa: E402
-from pianomuse.kernels.decode import decode_step_for  # noqa: E402
+from pianomuse.decode_step import decode_step_for  # noqa: E402
 from pianomuse.model import RWKV7, RWKV7Config, load_rwkv_pth, save_rwkv_pth  # noqa: E402
 from pianomuse.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
 

@@ -18,7 +18,7 @@ from symusic import Note, Score, Tempo, Track
 import pianomuse.complete as complete_module
 from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
-from pianomuse.kernels.decode import CompiledStep
+from pianomuse.decode_step import CompiledStep
 from pianomuse.sampling import StreamUniforms
 from pianomuse.tokenizer import build_tokenizer, save_tokenizer
 

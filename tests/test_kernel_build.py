@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from pianomuse import kernel_record
 from pianomuse.kernels import build
 
 PROGRAM_FILES = r"C:\Program Files (x86)"
@@ -124,8 +125,8 @@ def test_default_build_dir_is_named_by_the_kernel_sources(monkeypatch, tmp_path)
 
 def test_build_kernels_writes_a_checked_record(tmp_path):
     # The default directory is the one `wkv7` builds into, so a built kernel is reused rather than compiled again.
-    record = build.build_kernels(build.default_build_dir())
-    build.write_record(record, tmp_path / "kernels" / "kernels.json")
+    record = kernel_record.build_kernels(build.default_build_dir())
+    kernel_record.write_record(record, tmp_path / "kernels" / "kernels.json")
     saved = json.loads((tmp_path / "kernels" / "kernels.json").read_text())
     assert saved["passed"] and saved["torch"] == build.torch.__version__
     cpu = saved["kernels"][0]

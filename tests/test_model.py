@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pianomuse.kernels import checks
+from pianomuse import kernel_record
 from pianomuse.model import (
     RWKV7,
     UNUSED_LAYER0_KEYS,
@@ -28,8 +28,8 @@ TOL = dict(rtol=0, atol=1e-4)  # max-abs, fp32
 
 
 def perturbed_model(seed: int = 0, **overrides) -> RWKV7:
-    """A tiny model with every parameter moved off its initial value (see `checks.perturbed_model`)."""
-    return checks.perturbed_model(RWKV7Config(**{"vocab_size": VOCAB, "n_layer": 2, "n_embd": 128, **overrides}), seed)
+    """A tiny model with every parameter moved off its initial value (see `kernel_record.perturbed_model`)."""
+    return kernel_record.perturbed_model(RWKV7Config(**{"vocab_size": VOCAB, "n_layer": 2, "n_embd": 128, **overrides}), seed)
 
 
 def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:

@@ -1,11 +1,10 @@
-"""Build, load and check the compiled WKV-7 kernels (JIT through torch.utils.cpp_extension and ninja).
+"""Build and load the compiled WKV-7 kernels (JIT through torch.utils.cpp_extension and ninja).
 
-`load_kernel` builds on first use into `$PIANOMUSE_KERNEL_DIR` (default: see `default_build_dir`);
-the Snakemake `kernels` rule calls `build_kernels(build_dir)` and `write_record(record, path)` to build every kernel
-this machine can run, check it against the pure-PyTorch twin and keep a JSON record. On Windows the MSVC
-environment is located with vswhere and imported from vcvars64.bat before building.
+`load_kernel` builds on first use into `$PIANOMUSE_KERNEL_DIR` (default: see `default_build_dir`). The Snakemake
+`kernels` rule builds every kernel this machine can run and checks it against its twins through
+`pianomuse.kernel_record`. On Windows the MSVC environment is located with vswhere and imported from vcvars64.bat
+before building.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -264,10 +263,10 @@ def compile_cuda_object(output: str | os.PathLike, arch: str = "sm_80", nvcc: st
     return output
 
 
-# --- the checked build record -------------------------------------------------------------------------------
+# --- the compiler, for the build record (pianomuse.kernel_record) ------------------------------------------
 
 
-def _compiler_version(device_type: str) -> str:
+def compiler_version(device_type: str) -> str:
     if device_type == "cuda":
         from torch.utils import cpp_extension
 
@@ -284,47 +283,3 @@ def _compiler_version(device_type: str) -> str:
     if device_type == "cuda":
         return f"{command[0]}: {lines[-2] if len(lines) > 1 else ''}".strip()
     return f"{command[0]}: {lines[0] if lines else ''}"
-
-
-def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
-    """Builds the CPU kernel (and the CUDA one where a GPU is visible), checks each against the twins (the WKV-7
-    recurrence; on the CPU also the token-shift mixes and the whole decoding step), returns a record: what was built, where, with which
-    compiler, and the maximum errors of the checks."""
-    from pianomuse.kernels.checks import check_decode_step, check_kernel, check_token_mix
-
-    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    kernels = []
-    for device_type in device_types:
-        module = load_kernel(device_type, build_dir, verbose=verbose)
-        checks = [check_kernel(module, device_type, torch.float32)]
-        if device_type == "cpu":
-            checks.extend([check_token_mix(module), check_decode_step(module)])
-        if device_type == "cuda":
-            checks.append(check_kernel(module, device_type, torch.bfloat16))
-        kernels.append(
-            {
-                "name": EXTENSION_NAMES[device_type],
-                "device": device_type if device_type == "cpu" else torch.cuda.get_device_name(),
-                "path": str(Path(module.__file__).resolve()),
-                "sources": [str(source) for source in staged_sources(device_type, build_dir)],
-                "compiler": _compiler_version(device_type),
-                "checks": checks,
-                "passed": all(check["passed"] for check in checks),
-            }
-        )
-    return {
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "build_dir": str(Path(build_dir).resolve()),
-        "kernels": kernels,
-        "passed": all(kernel["passed"] for kernel in kernels),
-    }
-
-
-def write_record(record: dict, path: str | os.PathLike) -> None:
-    """Writes a build record as indented JSON, creating the parent directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")

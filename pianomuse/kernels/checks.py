@@ -1,16 +1,15 @@
-"""Numerical checks of the compiled kernels against their pure-PyTorch twins (used by the build record and tests)."""
+"""Numerical checks of the compiled ops against their pure-PyTorch twins (used by the build record and tests).
+
+The check of the whole-model decoding step builds a model, so it lives above the model, in `pianomuse.kernel_record`.
+"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 
-from pianomuse.kernels.decode import CompiledStep
 from pianomuse.kernels.token_mix import token_mix_compiled, token_mix_reference
 from pianomuse.kernels.wkv7 import wkv7_compiled, wkv7_reference
-from pianomuse.model import RWKV7, RWKV7Config, state_repeat
 
 INPUT_NAMES = ("r", "w", "k", "v", "a", "b", "state")
 # Maximum error relative to the largest reference magnitude of each compared tensor.
@@ -103,52 +102,6 @@ def check_token_mix(kernel, shape=(3, 70, 96), mixes: int = 6, seed: int = 0) ->
         "dtype": "float32",
         "shape_BTC": list(shape),
         "mixes": mixes,
-        "max_relative_error": errors,
-        "tolerance": tolerance,
-        "passed": all(error <= tolerance for error in errors.values()),
-    }
-
-
-def perturbed_model(config: RWKV7Config, seed: int = 0) -> RWKV7:
-    """A model with every parameter moved off its initial value, in eval mode.
-
-    The RWKV-LM initialisation zeroes the LoRA down-projections, att.output and ffn.value, which would leave whole
-    paths of the model unchecked; the noise makes every parameter matter.
-    """
-    torch.manual_seed(seed)
-    model = RWKV7(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * (0.5 / math.sqrt(p.shape[-1]) if p.ndim == 2 else 0.1))
-    return model.eval()
-
-
-@torch.inference_mode()
-def check_decode_step(kernel, batch: int = 3, steps: int = 16, seed: int = 0) -> dict:
-    """Compares the compiled decoding step with `RWKV7.step` on a small perturbed model: logits at every step and
-    the state after the last, starting from a parallel prefill's state."""
-    config = RWKV7Config(vocab_size=300, n_layer=2, n_embd=128, head_size=64)
-    model = perturbed_model(config, seed)
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, config.vocab_size, (batch, 8 + steps), generator=generator)
-    _, prefilled = model(tokens[:, :8], return_state=True)
-    # The compiled step consumes the state it is given (see decode.Step), so it starts from a copy.
-    compiled, state, twin_state = CompiledStep(kernel, model), state_repeat(prefilled, 1), prefilled
-    errors = {"logits": 0.0}
-    for t in range(8, 8 + steps):
-        twin_logits, twin_state = model.step(tokens[:, t], twin_state)
-        logits, state = compiled(tokens[:, t], state)
-        errors["logits"] = max(errors["logits"], relative_errors({"x": logits}, {"x": twin_logits})["x"])
-    for name in ("att_x", "wkv", "ffn_x"):
-        pairs = [(getattr(ours, name), getattr(twins, name)) for ours, twins in zip(state, twin_state, strict=True)]
-        errors[name] = max(relative_errors({"x": ours}, {"x": twin})["x"] for ours, twin in pairs)
-    tolerance = TOLERANCE[torch.float32]
-    return {
-        "kernel": "decode_step",
-        "dtype": "float32",
-        "model": {"n_layer": config.n_layer, "n_embd": config.n_embd, "head_size": config.head_size},
-        "batch": batch,
-        "steps": steps,
         "max_relative_error": errors,
         "tolerance": tolerance,
         "passed": all(error <= tolerance for error in errors.values()),

@@ -1,6 +1,7 @@
 import json
 
-from pianomuse.kernels.build import build_kernels, default_build_dir, write_record
+from pianomuse.kernel_record import build_kernels, write_record
+from pianomuse.kernels.build import default_build_dir
 from pianomuse.logs import log_to_file
 
 log = log_to_file(snakemake.log[0])  # the compiler's lines land there too, not on the console

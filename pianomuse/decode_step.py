@@ -1,5 +1,7 @@
 """RNN-mode decoding: a whole RWKV-7 step (every block and the head) in one call to the compiled CPU kernel.
 
+It sits beside the model it steps (it reads the model's weights and state), above the kernels layer.
+
 In RNN mode every op of `RWKV7.step` works on one token per stream, so on a CPU that step's time goes into
 dispatching ~100 small torch ops per block rather than into arithmetic. `csrc/rwkv7_decode_cpu.cpp` computes the
 same step with plain loops between its matrix products. `RWKV7.step` is its twin: tests compare the two, and
