@@ -71,7 +71,7 @@ def measure(args) -> dict:
     """One variant in this process: peak bytes of the model step and of the head + loss."""
     from pianomuse.batching import collate_windows
     from pianomuse.model import RWKV7, RWKV7Config
-    from pianomuse.train import batch_nll
+    from pianomuse.scoring import batch_nll
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import torch
 
-from pianomuse.complete import Completer, CompletionError, Sampling
-from pianomuse.files import staged_folder
+from pianomuse.complete import Completer, CompletionError, Sampling, write_completion
 from pianomuse.probe import DEFAULT_SAMPLING, probe_checkpoint
-from pianomuse.report import piano_roll
 
 USAGE_ERROR = 2
 COMPLETION_ERROR = 1
@@ -86,15 +84,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def write_outputs(completion, out_dir: Path) -> None:
-    """Every file into a temporary folder beside `out_dir`, then moved in: a failure leaves no partial sample."""
-    with staged_folder(out_dir) as staging:
-        for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
-            full.dump_midi(str(staging / f"sample-{i}.mid"))
-            continuation.dump_midi(str(staging / f"sample-{i}.continuation.mid"))
-            piano_roll(full, completion.continuation_tick, staging / f"sample-{i}.png", f"sample {i}")
-
-
 def complete(args: argparse.Namespace) -> None:
     prompt_bars = args.prompt_bars if args.from_bar is None else (args.from_bar, args.to_bar)
     if not args.prompt.is_file():
@@ -103,7 +92,7 @@ def complete(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     completer = Completer.load(args.checkpoint, args.tokenizer, args.device)
     completion = completer.complete(args.prompt, prompt_bars, sampling)
-    write_outputs(completion, args.output)
+    write_completion(completion, args.output)
     for i, summary in enumerate(completion.summaries):
         print(f"sample-{i}: {summary.notes} notes, {summary.bars} bars, {summary.seconds:.1f} s")
 

@@ -26,7 +26,10 @@ from miditok.utils import compute_ticks_per_bar, get_bars_ticks
 from symusic import Score, TimeSignature, Track
 from tqdm import tqdm
 
+from pianomuse.files import staged_folder
 from pianomuse.models import LEGACY_ARCH, SYSTEM_NAMES, arch_of, decoder_for, load_model
+from pianomuse.remi import RejectedPiece, TempoMarkers, standalone_bars, tokenize_score
+from pianomuse.report import piano_roll
 from pianomuse.sampling import (
     GrammarState,
     GrammarTables,
@@ -37,8 +40,6 @@ from pianomuse.sampling import (
     filter_logits,
 )
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
-from pianomuse.tokens import RejectedPiece, tokenize_score
-from pianomuse.windows import TempoMarkers, standalone_bars
 
 # A dense MAESTRO bar is a few hundred tokens; past this the grammar closes the bar (see sampling.py).
 MAX_TOKENS_PER_BAR = 1024
@@ -327,3 +328,13 @@ class Completer:
             numerator, denominator = map(int, self.tokenizer[i].removeprefix("TimeSig_").split("/"))
             lengths.append(compute_ticks_per_bar(TimeSignature(0, numerator, denominator), tpq))
         return sum(lengths)
+
+
+def write_completion(completion: Completion, out_dir: str | Path) -> None:
+    """sample-{i}.mid (prompt, then continuation), sample-{i}.continuation.mid and a piano roll sample-{i}.png per
+    sample into `out_dir`. Every file goes into a temporary folder beside it first: a failure leaves no partial sample."""
+    with staged_folder(out_dir) as staging:
+        for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
+            full.dump_midi(str(staging / f"sample-{i}.mid"))
+            continuation.dump_midi(str(staging / f"sample-{i}.continuation.mid"))
+            piano_roll(full, completion.continuation_tick, staging / f"sample-{i}.png", f"sample {i}")

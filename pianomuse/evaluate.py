@@ -25,13 +25,13 @@ import torch
 from miditok import TokSequence
 
 from pianomuse.batching import collate_windows, pack_by_length, window_lengths
-from pianomuse.cli import write_outputs
-from pianomuse.complete import Completer, Sampler, Sampling
+from pianomuse.complete import Completer, Sampler, Sampling, write_completion
+from pianomuse.devices import resolve_device
 from pianomuse.metrics import KEY_NAMES, METRICS, all_metrics, best_key, key_agreement, mean_and_ci, ratio_and_ci
 from pianomuse.ngram import NgramModel
+from pianomuse.remi import pitch_token_ids
 from pianomuse.report import piano_roll, slug, write_report
-from pianomuse.tokens import pitch_token_ids
-from pianomuse.train import batch_nll, eval_subset, resolve_device, unigram_log_probs
+from pianomuse.scoring import batch_nll, eval_subset, unigram_log_probs
 
 UNIGRAM = "unigram"
 REPEAT = "repeat the prompt's last bars"
@@ -174,7 +174,7 @@ def evaluate_run(
         for name, sampler in sampled.items():
             completion_k = sampler.complete_ids(context, sampling, progress=False)
             candidates += [(name, continuation) for continuation in completion_k.continuations]
-            write_outputs(completion_k, sample_dir / slug(name))
+            write_completion(completion_k, sample_dir / slug(name))
             samples[name] = {
                 # Measured on the sampled ids: a MIDI file keeps no trailing empty bars to count.
                 "bars": [ids.count(bar_id) for ids in completion_k.continuation_ids],

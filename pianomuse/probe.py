@@ -26,10 +26,10 @@ from miditok import REMI
 from symusic import Note, Score, Tempo, TimeSignature, Track
 
 from pianomuse.complete import Completer, CompletionError, Sampler, Sampling
+from pianomuse.devices import resolve_device
 from pianomuse.files import staged_folder
 from pianomuse.metrics import KEY_NAMES, MAJOR_SCALE, NATURAL_MINOR_SCALE, mean_and_ci, notes_of
 from pianomuse.report import piano_roll, probe_tables, render_html, render_markdown, slug
-from pianomuse.train import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -18,23 +18,23 @@ import random
 import shutil
 import subprocess
 import sys
-import warnings
 import time
+import warnings
 from functools import partial
 from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 import yaml
 from tqdm import tqdm
 
 from pianomuse.batching import batch_loader, epoch_batches, pack_by_length, shard_for_rank, window_lengths
 from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_json, save_resume_point, save_weights
+from pianomuse.devices import resolve_device
 from pianomuse.logs import console
 from pianomuse.models import LEGACY_ARCH, arch_of, build_model, model_config as arch_config
+from pianomuse.scoring import batch_nll, eval_subset, mean_nll, unigram_nll
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
 
 METRICS_COLUMNS = [
@@ -92,40 +92,6 @@ def make_optimizer(model: torch.nn.Module, cfg: dict, max_steps: int):
 # Loss and evaluation
 
 
-def batch_nll(model, batch, reduction: str = "mean") -> torch.Tensor:
-    """NLL of the batch's scored tokens; only their positions' hidden states go through the head."""
-    logits = model(batch.inputs, head_positions=batch.head_positions)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.targets, reduction=reduction)
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, autocast) -> float:
-    """Validation NLL per completion token over all batches of `loader`."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        batch = batch.to(device)
-        with autocast():
-            total += batch_nll(model, batch, reduction="sum").item()
-        count += batch.targets.numel()
-    model.train(was_training)
-    return total / count
-
-
-def unigram_log_probs(train_ds, vocab_size: int) -> np.ndarray:
-    """Log-probability of each token under the train completion-token frequencies."""
-    train_tokens = pc.list_flatten(train_ds.data.column("completion_ids")).to_numpy().astype(np.int64)
-    counts = np.bincount(train_tokens, minlength=vocab_size) + 1.0  # add-one: unseen tokens keep a finite cost
-    return np.log(counts / counts.sum())
-
-
-def unigram_nll(train_ds, val_ds, vocab_size: int) -> float:
-    """The baseline a model must beat: NLL per validation completion token under train completion-token frequencies."""
-    val_tokens = pc.list_flatten(val_ds.data.column("completion_ids")).to_numpy().astype(np.int64)
-    return float(-unigram_log_probs(train_ds, vocab_size)[val_tokens].mean())
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # One optimisation step
 
@@ -165,16 +131,6 @@ def train_step(model, optimizer, batch, grad_clip: float, autocast, world_size: 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Run bookkeeping
-
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 def seed_everything(seed: int) -> None:
@@ -263,13 +219,6 @@ def windows_fingerprint(*dataset_dirs: str | Path) -> str:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)
     return digest.hexdigest()
-
-
-def eval_subset(val_lengths: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """A fixed random subset of validation windows, the same at every evaluation."""
-    rng = np.random.default_rng([seed, 1_000_003])
-    n = min(n, len(val_lengths))
-    return np.sort(rng.choice(len(val_lengths), size=n, replace=False))
 
 
 def train(
@@ -405,7 +354,7 @@ def train(
             val_nll = None
             if is_writer and (step % cfg["eval_every"] == 0 or step == max_steps):
                 subset = tqdm(eval_loader, desc="validation (subset)", unit="batch", leave=False, **bars)
-                val_nll = evaluate(raw_model, subset, device, autocast)
+                val_nll = mean_nll(raw_model, subset, device, autocast)
                 if val_nll < best_val:
                     best_val = val_nll
                     save_weights(raw_model, {**info, "step": step, "metrics": {"val_nll": val_nll}}, run_dir, "best")
@@ -438,7 +387,7 @@ def train(
         full_val_loader = batch_loader(val_ds, full_val_batches, pad_id, cfg["num_workers"], scored="completion")
         print(f"validation: all {len(val_lengths)} windows in {len(full_val_batches)} batches", file=sys.stderr)
         full_val = tqdm(full_val_loader, desc="validation", unit="batch", **bars)
-        summary["val_nll"] = evaluate(raw_model, full_val, device, autocast)
+        summary["val_nll"] = mean_nll(raw_model, full_val, device, autocast)
         summary["unigram_nll"] = unigram_nll(train_ds, val_ds, vocab_size)
         for stream in {sys.stderr, screen}:  # the log, and the console when that is elsewhere
             print(

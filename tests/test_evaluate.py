@@ -51,8 +51,8 @@ from pianomuse.model import load_rwkv_pth
 from pianomuse.probe import REPEAT as PROBE_REPEAT
 from pianomuse.probe import TEXTURES, probe_figures
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.tokens import pitch_token_ids
-from pianomuse.train import unigram_nll
+from pianomuse.remi import pitch_token_ids
+from pianomuse.scoring import unigram_nll
 
 TPQ = 480
 

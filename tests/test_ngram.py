@@ -20,7 +20,7 @@ from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
 from pianomuse.ngram import NgramCounts, NgramDecoder, NgramModel, choose_order, discounts, fit_ngram, fresh_starts
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.tokens import tokenize_score
+from pianomuse.remi import tokenize_score
 from pianomuse.windows import build_windows
 
 BOUNDARY = 0

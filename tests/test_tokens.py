@@ -10,11 +10,11 @@ from midi_factory import make_piano_score, write_midi
 from symusic import ControlChange, Score
 
 from pianomuse.maestro import read_metadata, write_manifest
+from pianomuse.remi import RejectedPiece
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import (
     REJECTS_SCHEMA,
     TOKEN_SHARD_SCHEMA,
-    RejectedPiece,
     shard_index,
     tokenize_piece,
     tokenize_shard,

@@ -26,9 +26,9 @@ from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, s
 from pianomuse.checkpoint import save_weights
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
+from pianomuse.scoring import batch_nll
 from pianomuse.train import (
     NonFiniteGuard,
-    batch_nll,
     launch,
     lr_factor,
     optimizer_groups,
