@@ -52,12 +52,16 @@ class CompletionError(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How continuations are drawn. Checked when made, so that bad settings fail before any work is done."""
+    """How continuations are drawn. Checked when made, so that bad settings fail before any work is done.
+
+    The defaults are the one source of the sampling defaults: `pianomuse complete` and `pianomuse probe` take theirs
+    from here, and config.yaml's `evaluate` and `probe` sections hold the same values (tests/test_config.py).
+    """
 
     bars: int = 4  # M, per continuation
-    samples: int = 1  # K
+    samples: int = 4  # K
     temperature: float = 1.0
-    top_p: float = 1.0
+    top_p: float = 0.95
     top_k: int | None = None
     seed: int = 0
     max_tokens_per_bar: int = MAX_TOKENS_PER_BAR

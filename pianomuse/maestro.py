@@ -17,11 +17,10 @@ from tqdm import tqdm
 
 from pianomuse.files import write_parquet_atomic
 
-MAESTRO_V3_MIDI_URL = "https://storage.googleapis.com/magentadata/datasets/maestro/v3.0.0/maestro-v3.0.0-midi.zip"
 # SHA-256 of the official MIDI-only zip (58,416,533 bytes), as MusPy's MAESTRODatasetV3 pins it.
 MAESTRO_V3_MIDI_SHA256 = "70470ee253295c8d2c71e6d9d4a815189e35c89624b76d22fce5a019d5dde12c"
 METADATA_CSV = "maestro-v3.0.0.csv"
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test")  # the csv's `split` values; the workflow's split list (common.smk) too
 CSV_COLUMNS = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "duration"]
 
 MANIFEST_SCHEMA = pa.schema(

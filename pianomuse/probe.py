@@ -48,9 +48,6 @@ TRANSPOSED = "the figure a semitone up"
 OTHER_FIGURE = "another prompt's figure"
 REFERENCES = [REPEAT, TRANSPOSED, OTHER_FIGURE]
 
-# `pianomuse probe`'s sampling when no option is given; config.yaml's `probe:` section holds the same values.
-DEFAULT_SAMPLING = Sampling(bars=4, samples=4, temperature=1.0, top_p=0.95, top_k=None, seed=0)
-
 
 @dataclass(frozen=True)
 class Figure:

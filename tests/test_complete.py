@@ -48,7 +48,7 @@ def test_random_model_samples_always_decode_with_exactly_m_bars(completer, time_
     """200 streams per time signature (25 seeds x 8 samples), hot sampling, short bars so the budget path runs too."""
     prompt = completer.prompt_ids(make_piano_score(3, 3, time_signature=time_signature, seed=2), 2)
     for seed in range(25):
-        sampling = Sampling(bars=2, samples=8, temperature=1.5, seed=seed, max_tokens_per_bar=24)
+        sampling = Sampling(bars=2, samples=8, temperature=1.5, top_p=1.0, seed=seed, max_tokens_per_bar=24)
         continuations = completer.generate(prompt, sampling, progress=False)
         check_samples(completer, prompt, continuations, bars=2)
 

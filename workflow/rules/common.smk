@@ -8,8 +8,8 @@
 from snakemake.exceptions import WorkflowError
 
 from pianomuse.config import ConfigError, check_run_data, data_folders, run_data_record
+from pianomuse.maestro import SPLITS
 
-SPLITS = ["train", "validation", "test"]
 SHARDS = range(config["tokenize"]["shards"])
 
 DATA = data_folders(config)
