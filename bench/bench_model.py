@@ -205,8 +205,8 @@ def measure_rows(args, config: dict, vocab: int, device: torch.device, peaks: li
 
 
 def print_table(rows: list[dict], peak: float) -> None:
-    print(f"| preset | ctx x batch | RWKV-7 tok/s | RWKV-7 MFU | Transformer tok/s | Transformer MFU "
-          f"| RWKV-7 / Transformer | MFLOP/token RWKV-7, Transformer |")
+    print("| preset | ctx x batch | RWKV-7 tok/s | RWKV-7 MFU | Transformer tok/s | Transformer MFU "
+          "| RWKV-7 / Transformer | MFLOP/token RWKV-7, Transformer |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         print(f"| {r['preset']} ({r['shape']}) | {r['ctx']} x {r['batch']} | {r['rwkv']:.0f} "

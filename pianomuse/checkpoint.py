@@ -7,14 +7,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pianomuse.files import atomic_write
+from pianomuse.files import atomic_write, write_json
 from pianomuse.models import save_model
 
 
@@ -22,14 +21,10 @@ def save_torch(obj, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
-def save_json(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
-
-
 def save_weights(model: torch.nn.Module, info: dict, run_dir: Path, name: str) -> None:
     """`{name}.pth` (fp32 on CPU; RWKV-7's in RWKV-LM's layout) and `{name}.json` (its description)."""
     atomic_write(run_dir / f"{name}.pth", lambda tmp: save_model(model, tmp))
-    save_json(info, run_dir / f"{name}.json")
+    write_json(info, run_dir / f"{name}.json")
 
 
 def rng_states() -> dict:

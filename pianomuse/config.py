@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from pianomuse.files import write_json
+
 
 class ConfigError(ValueError):
     pass
@@ -123,6 +125,4 @@ def check_run_data(run_dir: str | Path, record: dict, model: dict) -> None:
 def record_run_data(run_dir: str | Path, record: dict, model: dict) -> None:
     """Checks the run against `record` (see check_run_data), then writes `record` into the run folder."""
     check_run_data(run_dir, record, model)
-    path = Path(run_dir) / RUN_DATA
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record, Path(run_dir) / RUN_DATA)

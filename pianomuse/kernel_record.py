@@ -1,6 +1,6 @@
 """Kernels stage: build every compiled kernel this machine can run, check each against its twins, keep a record.
 
-The record (results/kernels/kernels.json) names the build folder, so that later rules load those very kernels
+The record (results/kernels/kernels.json, written with `files.write_json`) names the build folder, so that later rules load those very kernels
 (`pianomuse.kernels.build.use_recorded_kernels`). Besides the ops (`pianomuse.kernels.checks`), the CPU kernel's
 whole-model decoding step is checked against `RWKV7.step` on a small model: that check builds a model, so it lives
 here, above the model, and not in the kernels layer.
@@ -8,7 +8,6 @@ here, above the model, and not in the kernels layer.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -17,7 +16,6 @@ from pathlib import Path
 import torch
 
 from pianomuse.decode_step import CompiledStep
-from pianomuse.files import atomic_write
 from pianomuse.kernels.build import EXTENSION_NAMES, compiler_version, load_kernel, staged_sources
 from pianomuse.kernels.checks import TOLERANCE, check_kernel, check_token_mix, relative_errors
 from pianomuse.model import RWKV7, RWKV7Config, state_repeat
@@ -103,7 +101,3 @@ def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
         "passed": all(kernel["passed"] for kernel in kernels),
     }
 
-
-def write_record(record: dict, path: str | os.PathLike) -> None:
-    """Writes a build record as indented JSON, creating the parent directory."""
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=2) + "\n"))

@@ -26,7 +26,6 @@ package only queries, and its estimator (lmplz) is a C++ build. Here the n-grams
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -38,7 +37,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from pianomuse.files import atomic_write
+from pianomuse.files import atomic_write, write_json
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
 
 MIN_DISCOUNT = 0.1  # keeps gamma > 0 on tiny corpora where the counts-of-counts estimate collapses
@@ -344,6 +343,6 @@ def fit_ngram(
         "train_windows": len(streams), "train_tokens": int(tokens),
         "validation_windows": len(val_ds), "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write(out_dir / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+    write_json(info, out_dir / "model.json")
     print(f"chose order {model.order}", file=sys.stderr)
     return info

@@ -30,8 +30,9 @@ import yaml
 from tqdm import tqdm
 
 from pianomuse.batching import batch_loader, epoch_batches, pack_by_length, shard_for_rank, window_lengths
-from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_json, save_resume_point, save_weights
+from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_resume_point, save_weights
 from pianomuse.devices import resolve_device
+from pianomuse.files import write_json
 from pianomuse.logs import console
 from pianomuse.models import LEGACY_ARCH, arch_of, build_model, model_config as arch_config
 from pianomuse.scoring import batch_nll, eval_subset, mean_nll, unigram_nll
@@ -395,9 +396,9 @@ def train(
                 f"(unigram baseline {summary['unigram_nll']:.4f})",
                 file=stream,
             )
-        save_json({**info, "step": step, "metrics": summary}, run_dir / "last.json")
+        write_json({**info, "step": step, "metrics": summary}, run_dir / "last.json")
         plot_losses(run_dir / "metrics.csv", run_dir / "loss.png", summary["unigram_nll"])
-        save_json(summary, run_dir / "done.json")
+        write_json(summary, run_dir / "done.json")
     if world_size > 1:
         torch.distributed.destroy_process_group()
     return summary

@@ -16,8 +16,6 @@ Tempo changes inside the window are kept as they are.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pianomuse.files import atomic_folder
 from pianomuse.remi import TempoMarkers, downbeat_header, list_array, tempo_at_bars
 from pianomuse.tokenizer import load_tokenizer
 
@@ -53,19 +52,6 @@ def shard_rows(shard_path: str | Path) -> Iterator[tuple[str, int, np.ndarray, n
     (ids, ids_at), (bars, bars_at) = columns["ids"], columns["bar_offsets"]
     for r, (piece_id, transpose) in enumerate(zip(table["piece_id"].to_pylist(), table["transpose"].to_pylist())):
         yield piece_id, transpose, ids[ids_at[r] : ids_at[r + 1]], bars[bars_at[r] : bars_at[r + 1]]
-
-
-def save_dataset_atomic(dataset: datasets.Dataset, out_dir: str | Path) -> None:
-    """save_to_disk into a temporary folder beside `out_dir`, then rename it: a failed run leaves no partial dataset."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        dataset.save_to_disk(str(tmp))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def shard_windows(
@@ -138,7 +124,7 @@ def build_windows(
         tables.append(table)
         counts.update(shard_counts)
     windows = pa.concat_tables(tables) if tables else WINDOW_SCHEMA.empty_table()
-    save_dataset_atomic(datasets.Dataset(windows), out_dir)
+    atomic_folder(out_dir, lambda tmp: datasets.Dataset(windows).save_to_disk(str(tmp)))
     return {
         "windows": len(windows),
         **{key: counts[key] for key in ["pieces", "pieces_too_short", "windows_over_cap", "tokens"]},

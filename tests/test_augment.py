@@ -13,8 +13,8 @@ from symusic import Score
 from pianomuse.augment import augment_shard, pitch_shift_table, transpose_ids
 from pianomuse.files import write_parquet_atomic
 from pianomuse.maestro import read_metadata
-from pianomuse.tokenizer import load_tokenizer
 from pianomuse.remi import list_array, merge_piano_tracks
+from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import TOKEN_SHARD_SCHEMA, tokenize_piece
 
 

@@ -12,8 +12,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from symusic import Note, Score, Track
 from midi_factory import make_piano_score
+from symusic import Note, Score, Track
 from workflow_helpers import TINY_TRAIN, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
@@ -48,11 +48,10 @@ from pianomuse.metrics import (
     velocity_overlap,
 )
 from pianomuse.model import load_rwkv_pth
-from pianomuse.probe import REPEAT as PROBE_REPEAT
-from pianomuse.probe import TEXTURES, probe_figures
-from pianomuse.tokenizer import load_tokenizer
+from pianomuse.probe import REPEAT as PROBE_REPEAT, TEXTURES, probe_figures
 from pianomuse.remi import pitch_token_ids
 from pianomuse.scoring import unigram_nll
+from pianomuse.tokenizer import load_tokenizer
 
 TPQ = 480
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pianomuse import kernel_record
+from pianomuse.files import write_json
 from pianomuse.kernels import build
 
 PROGRAM_FILES = r"C:\Program Files (x86)"
@@ -126,7 +127,7 @@ def test_default_build_dir_is_named_by_the_kernel_sources(monkeypatch, tmp_path)
 def test_build_kernels_writes_a_checked_record(tmp_path):
     # The default directory is the one `wkv7` builds into, so a built kernel is reused rather than compiled again.
     record = kernel_record.build_kernels(build.default_build_dir())
-    kernel_record.write_record(record, tmp_path / "kernels" / "kernels.json")
+    write_json(record, tmp_path / "kernels" / "kernels.json")
     saved = json.loads((tmp_path / "kernels" / "kernels.json").read_text())
     assert saved["passed"] and saved["torch"] == build.torch.__version__
     cpu = saved["kernels"][0]

@@ -19,8 +19,8 @@ from workflow_helpers import TINY_TRAIN, copy_workflow, snakemake, write_tiny_ru
 from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
 from pianomuse.ngram import NgramCounts, NgramDecoder, NgramModel, choose_order, discounts, fit_ngram, fresh_starts
-from pianomuse.tokenizer import load_tokenizer
 from pianomuse.remi import tokenize_score
+from pianomuse.tokenizer import load_tokenizer
 from pianomuse.windows import build_windows
 
 BOUNDARY = 0

@@ -12,6 +12,7 @@ import yaml
 from midi_factory import make_piano_score
 from test_complete import check_samples
 from test_train import deterministic_columns, run, run_config, synthetic_data  # noqa: F401 (a fixture)
+from workflow_helpers import REPO
 
 from pianomuse.complete import Completer, CompletionError, Sampling
 from pianomuse.config import apply_preset
@@ -20,7 +21,6 @@ from pianomuse.models import arch_of, build_model, matched_mlp_hidden, model_con
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.train import read_metrics
 from pianomuse.transformer import KVCache, Transformer, TransformerConfig, TransformerDecoder
-from workflow_helpers import REPO
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 

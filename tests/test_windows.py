@@ -211,7 +211,7 @@ def test_a_failed_save_leaves_the_previous_dataset_and_a_rerun_replaces_it(token
     windows_of(tokenizer, tokenizer_path, tmp_path, {"2004/a": make_piano_score(bars=6, notes_per_bar=3)})
 
     def save_half(dataset, path):
-        (Path(path) / "data-00000-of-00001.arrow").parent.mkdir(parents=True)
+        (Path(path) / "data-00000-of-00001.arrow").parent.mkdir(parents=True, exist_ok=True)  # as save_to_disk does
         (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half")
         raise OSError("disk full")
 

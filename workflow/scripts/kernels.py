@@ -1,6 +1,7 @@
 import json
 
-from pianomuse.kernel_record import build_kernels, write_record
+from pianomuse.files import write_json
+from pianomuse.kernel_record import build_kernels
 from pianomuse.kernels.build import default_build_dir
 from pianomuse.logs import log_to_file
 
@@ -8,7 +9,7 @@ log = log_to_file(snakemake.log[0])  # the compiler's lines land there too, not 
 build_dir = default_build_dir()
 log.info("building the kernels in %s", build_dir)
 record = build_kernels(build_dir, verbose=True)
-write_record(record, snakemake.output.record)
+write_json(record, snakemake.output.record)
 for kernel in record["kernels"]:
     log.info(
         "%s on %s: checks %s (%s), built with %s into %s",
