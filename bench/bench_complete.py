@@ -34,30 +34,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from symusic import Score
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/midi_factory.py for the synthetic fallback prompt
-
 from pianomuse.complete import Completer, Sampling  # noqa: E402
+from pianomuse.config import load_config  # noqa: E402
 from pianomuse.decode_step import decode_step_for  # noqa: E402
 from pianomuse.model import RWKV7, RWKV7Config, load_rwkv_pth, save_rwkv_pth  # noqa: E402
+from pianomuse.probe import probe_figures  # noqa: E402
 from pianomuse.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
 
-MAESTRO = Path("/work/shared/data/maestro-v3.0.0")
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = load_config(REPO / "config.yaml")
 
 
-def prompt_score(min_bars: int) -> tuple[Score, str]:
-    """The first MAESTRO piece (sorted paths, so the same one every run) with enough bars, else a synthetic one."""
-    if MAESTRO.is_dir():
-        for path in sorted(MAESTRO.rglob("*.mid*")):
+def prompt_score(maestro: Path, min_bars: int) -> tuple[Score, str]:
+    """The first MAESTRO piece (sorted paths, so the same one every run) with enough notes, else the probe's first
+    figure (a C major arpeggio) repeated."""
+    if maestro.is_dir():
+        for path in sorted(maestro.rglob("*.mid*")):
             score = Score(str(path))
             if score.tracks and len(score.tracks[0].notes) > 200:
-                return score, f"MAESTRO {path.relative_to(MAESTRO)}"
-    from tests.midi_factory import make_piano_score
-
-    return make_piano_score(bars=min_bars + 8, notes_per_bar=16, seed=0), "synthetic make_piano_score"
+                return score, f"MAESTRO {path.relative_to(maestro)}"
+    return probe_figures()[0].score(min_bars + 8), f"the probe's first figure ({maestro} not found)"
 
 
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -72,7 +70,7 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generat
 
 def bench_forked_vs_rwkv_package(args, checkpoint: Path, tokenizer) -> None:
     completer = Completer(load_rwkv_pth(checkpoint), tokenizer)
-    score, source = prompt_score(args.prompt_bars)
+    score, source = prompt_score(args.maestro_dir, args.prompt_bars)
     prompt = completer.prompt_ids(score, args.prompt_bars)
     print(f"\n[1] K={args.samples} samples x {args.bars} bars after a {args.prompt_bars}-bar prompt "
           f"({len(prompt)} tokens, {source})")
@@ -208,8 +206,12 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--bars", type=int, default=4)
     parser.add_argument("--prompt-bars", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=float, default=Sampling.temperature)
+    parser.add_argument("--top-p", type=float, default=Sampling.top_p)
+    parser.add_argument(
+        "--maestro-dir", type=Path, default=REPO / CONFIG["maestro_dir"],
+        help="MAESTRO v3.0.0, for the prompt of [1] (default: config.yaml's maestro_dir, %(default)s)",
+    )
     parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[256, 4096, 16384])
     parser.add_argument("--steps", type=int, default=256, help="decode steps timed per prompt length")
     parser.add_argument("--chunk", type=int, default=2048, help="prefill chunk (memory bound, not timed)")
@@ -227,7 +229,7 @@ def main() -> None:
         if args.tokenizer:
             tokenizer = load_tokenizer(args.tokenizer)
         else:
-            tokenizer = build_tokenizer(**yaml.safe_load((REPO / "config.yaml").read_text())["tokenizer"])
+            tokenizer = build_tokenizer(**CONFIG["tokenizer"])
         checkpoint = args.checkpoint
         if checkpoint is None:
             checkpoint = Path(tmp) / "random_l6_d256.pth"

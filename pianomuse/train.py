@@ -330,7 +330,7 @@ def train(
     bars = {"disable": not is_writer, "file": screen, "mininterval": 0.2 if screen.isatty() else 30}
     progress = tqdm(total=max_steps, initial=step, desc=f"train {run_dir.name}", unit="step", **bars)
     session = {"start": time.perf_counter(), "step": step}  # for the ETA: this process's pace
-    window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
+    since_log = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
     while step < max_steps and (stop_at_step is None or step < stop_at_step):
         batches = batches_of_epoch(epoch)
         for batch in batch_loader(train_ds, batches[batch_in_epoch:], pad_id, cfg["num_workers"], cfg["loss"]):
@@ -346,10 +346,10 @@ def train(
                 print(f"step {step}: non-finite loss {loss} / grad norm {grad_norm}, update skipped", file=sys.stderr)
             guard.record(finite, step)
             if finite:
-                window["loss"] += loss
-                window["updates"] += 1
-            window["tokens"] += batch.real_tokens * world_size
-            window["padded"] += batch.inputs.numel() * world_size
+                since_log["loss"] += loss
+                since_log["updates"] += 1
+            since_log["tokens"] += batch.real_tokens * world_size
+            since_log["padded"] += batch.inputs.numel() * world_size
             progress.update(1)
 
             val_nll = None
@@ -360,13 +360,13 @@ def train(
                     best_val = val_nll
                     save_weights(raw_model, {**info, "step": step, "metrics": {"val_nll": val_nll}}, run_dir, "best")
             if is_writer and (step % cfg["log_every"] == 0 or val_nll is not None or step == max_steps):
-                elapsed = time.perf_counter() - window["start"]
+                elapsed = time.perf_counter() - since_log["start"]
                 row = {
                     "step": step, "epoch": epoch, "lr": f"{lr:.6g}",
-                    "train_loss": f"{window['loss'] / window['updates']:.6f}" if window["updates"] else "",
+                    "train_loss": f"{since_log['loss'] / since_log['updates']:.6f}" if since_log["updates"] else "",
                     "val_nll": "" if val_nll is None else f"{val_nll:.6f}",
-                    "tokens_per_s": f"{window['tokens'] / elapsed:.1f}",
-                    "padding_fraction": f"{1 - window['tokens'] / window['padded']:.4f}",
+                    "tokens_per_s": f"{since_log['tokens'] / elapsed:.1f}",
+                    "padding_fraction": f"{1 - since_log['tokens'] / since_log['padded']:.4f}",
                     "grad_norm": f"{grad_norm:.6f}", "skipped_steps": skipped,
                 }
                 metrics.append(row)
@@ -374,7 +374,7 @@ def train(
                                      refresh=False)
                 pace = (time.perf_counter() - session["start"]) / (step - session["step"])
                 tqdm.write(log_line(row, max_steps, pace), file=sys.stderr)
-                window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
+                since_log = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
             if is_writer and (step % cfg["checkpoint_every"] == 0 or step == max_steps):
                 checkpoint({"val_nll": val_nll, "best_val_nll": best_val})
             if step == max_steps or step == stop_at_step:

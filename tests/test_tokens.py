@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -11,6 +14,7 @@ from symusic import ControlChange, Score
 
 from pianomuse.maestro import read_metadata, write_manifest
 from pianomuse.remi import RejectedPiece
+from pianomuse.startup import skip_torch_import
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import (
     REJECTS_SCHEMA,
@@ -186,3 +190,35 @@ def test_real_maestro_pieces(tokenizer, tokenizer_path, maestro_dir, tmp_path):
         assert (row.ids[row.bar_offsets] == bar).all() and (row.ids == bar).sum() == len(row.bar_offsets)
         # A bar of piano at least every few seconds of music.
         assert len(row.bar_offsets) > row.duration / 10
+
+
+TOKENIZE_WITHOUT_TORCH = """
+import sys
+from pianomuse.startup import skip_torch_import
+skip_torch_import()
+from pianomuse.tokens import tokenize_shard
+stats = tokenize_shard(sys.argv[1], sys.argv[2], 0, 1, {"train": (sys.argv[3], sys.argv[4])})
+assert sys.modules["torch"] is None, "torch was imported"
+print(stats["train"]["pieces"], stats["train"]["notes"])
+"""
+
+
+def test_tokenizing_runs_with_the_torch_import_skipped(tokenizer_path, tmp_path):
+    """What workflow/scripts/tokenize.py does: torch never loads, and the shard is the same as with it."""
+    midi = {f"2004/good-{i}": write_midi(make_piano_score(bars=3, notes_per_bar=4, seed=i), tmp_path / f"{i}.mid") for i in range(2)}
+    manifest = manifest_of(midi, tmp_path / "manifest.parquet")
+    outputs = [str(tmp_path / "lean.parquet"), str(tmp_path / "lean.rejects.parquet")]
+    args = [sys.executable, "-c", TOKENIZE_WITHOUT_TORCH, str(tokenizer_path), str(manifest), *outputs]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "24"]
+    tokenize_shard(tokenizer_path, manifest, 0, 1, {"train": (tmp_path / "full.parquet", tmp_path / "full.rejects.parquet")})
+    assert pq.read_table(outputs[0]).equals(pq.read_table(tmp_path / "full.parquet"))
+
+
+def test_skipping_the_torch_import_after_torch_loaded_is_an_error():
+    import torch  # noqa: F401  (loaded in this process already; the import makes that explicit)
+
+    with pytest.raises(RuntimeError, match="torch is imported already"):
+        skip_torch_import()
+
