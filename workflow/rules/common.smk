@@ -1,9 +1,11 @@
-# Names every rule file shares: the splits and shards, each data stage's folder, and the training runs.
+# Names and functions shared by all rules files (the splits and shards, each data stage's folder, the training runs)
 #
 # Each data stage writes into a folder named by a hash of the settings it depends on, its own and those upstream
 # (pianomuse.config.data_folders): results/windows/<key>/ for one windows configuration, results/windows/<other>/
 # for another. Switching preset or settings and back reruns nothing and deletes nothing; each configuration's
 # data stays beside the others'.
+
+import os
 
 from snakemake.exceptions import WorkflowError
 
@@ -55,3 +57,19 @@ def train_inputs(wildcards):
     except ConfigError as error:
         raise WorkflowError(f"training run {wildcards.run!r} cannot go on: {error}") from None
     return {"train": f"{WINDOWS}/train", "validation": f"{WINDOWS}/validation", "tokenizer": TOKENIZER}
+
+
+def token_shards(split):
+    return expand(f"{TOKENS}/{{split}}/shard-{{k}}.parquet", split=split, k=SHARDS)
+
+
+def window_sources(wildcards):
+    """Train windows read the original shards and their transpositions; validation and test only the originals."""
+    shards = token_shards(wildcards.split)
+    if wildcards.split == "train":
+        shards += expand(f"{AUGMENT}/train/shard-{{k}}.parquet", k=SHARDS)
+    return shards
+
+
+def train_gpus(config):
+    return 0 if config["train"]["device"] == "cpu" else config["train"]["devices"]

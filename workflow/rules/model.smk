@@ -8,7 +8,8 @@
 
 KERNEL_SOURCES = sorted(
     os.path.relpath(path)
-    for pattern in ["csrc/*", "pianomuse/kernels/*.py"]
+    # The ops, their build and checks, and the stage that checks the whole-model decoding step on top of them.
+    for pattern in ["csrc/*", "pianomuse/kernels/*.py", "pianomuse/kernel_record.py", "pianomuse/decode_step.py"]
     for path in glob.glob(os.path.join(workflow.basedir, pattern))
 )
 
