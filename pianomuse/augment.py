@@ -58,9 +58,7 @@ def transpose_ids(ids: np.ndarray, offset: int, pitch_shift_table: np.ndarray) -
     return shifted.astype(np.uint16)
 
 
-def augment_shard(
-    tokenizer_path: str | Path, shard_path: str | Path, offsets: list[int], out_path: str | Path
-) -> dict:
+def augment_shard(tokenizer_path: str | Path, shard_path: str | Path, offsets: list[int], out_path: str | Path) -> dict:
     """Write every transposition by `offsets` of the pieces of a token shard that stays in the pitch range.
 
     The output has TOKEN_SHARD_SCHEMA, rows sorted by (piece_id, transpose); a row keeps its piece_id, metadata,

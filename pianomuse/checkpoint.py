@@ -1,8 +1,8 @@
 """Checkpoint files of a training run, written atomically so that a kill at any moment leaves a loadable set.
 
-    last.pth / best.pth         model state dict only (RWKV-7: RWKV-LM .pth layout, loadable by the `rwkv` package)
-    last.json / best.json       arch, model config, tokenizer hash, step and metrics of the weights beside them
-    last.state.pt               what resuming needs: weights, optimiser, scheduler, RNG, data position
+last.pth / best.pth         model state dict only (RWKV-7: RWKV-LM .pth layout, loadable by the `rwkv` package)
+last.json / best.json       arch, model config, tokenizer hash, step and metrics of the weights beside them
+last.state.pt               what resuming needs: weights, optimiser, scheduler, RNG, data position
 """
 
 from __future__ import annotations

@@ -24,16 +24,27 @@ TOKENIZER_HELP = "the run's tokenizer.json (default: the one beside the checkpoi
 def add_sampling_arguments(parser: argparse.ArgumentParser, where: str, seed_help: str) -> None:
     """--bars, --samples, --temperature, --top-p, --top-k and --seed, defaulting to `Sampling`'s own defaults."""
     defaults = Sampling()
-    parser.add_argument("--bars", type=int, default=defaults.bars, help=f"bars to generate {where}, M (default: %(default)s)")
-    parser.add_argument("--samples", type=int, default=defaults.samples, help="continuations per prompt, K (default: %(default)s)")
     parser.add_argument(
-        "--temperature", type=float, default=defaults.temperature,
+        "--bars", type=int, default=defaults.bars, help=f"bars to generate {where}, M (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=defaults.samples, help="continuations per prompt, K (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
         help="sampling temperature, > 0: lower is safer, higher more varied (default: %(default)s)",
     )
     parser.add_argument(
-        "--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass, in (0, 1]; 1 keeps all (default: %(default)s)"
+        "--top-p",
+        type=float,
+        default=defaults.top_p,
+        help="nucleus sampling mass, in (0, 1]; 1 keeps all (default: %(default)s)",
     )
-    parser.add_argument("--top-k", type=int, default=defaults.top_k, help="sample among the k most likely tokens (default: all)")
+    parser.add_argument(
+        "--top-k", type=int, default=defaults.top_k, help="sample among the k most likely tokens (default: all)"
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"{seed_help} (default: %(default)s)")
 
 
@@ -56,8 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_sampling_arguments(complete, "after the prompt", "random seed: the same seed gives the same samples")
     complete.add_argument("--device", default="cpu", help="torch device to decode on, e.g. cuda (default: %(default)s)")
     complete.add_argument(
-        "--threads", type=int, default=1,
-        help="CPU threads (default: %(default)s; threads wait on each other on a busy machine, more help on an idle one)",
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (default: %(default)s; threads wait on each other on a busy machine, more help on an idle "
+        "one)",
     )
     complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI and PNG files")
 

@@ -336,7 +336,8 @@ class Completer:
 
 def write_completion(completion: Completion, out_dir: str | Path) -> None:
     """sample-{i}.mid (prompt, then continuation), sample-{i}.continuation.mid and a piano roll sample-{i}.png per
-    sample into `out_dir`. Every file goes into a temporary folder beside it first: a failure leaves no partial sample."""
+    sample into `out_dir`. Every file goes into a temporary folder beside it first: a failure leaves no partial
+    sample."""
     with staged_folder(out_dir) as staging:
         for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
             full.dump_midi(str(staging / f"sample-{i}.mid"))

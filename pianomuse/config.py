@@ -101,9 +101,7 @@ def check_run_data(run_dir: str | Path, record: dict, model: dict) -> None:
     """Raises ConfigError when the run in `run_dir` was started on other data, or with another model, than
     `record` and `model` describe: it could neither resume nor count as done."""
     run_dir = Path(run_dir)
-    fix = (
-        f"choose another train.run, switch the settings back, or delete {run_dir} to train it again from scratch"
-    )
+    fix = f"choose another train.run, switch the settings back, or delete {run_dir} to train it again from scratch"
     recorded = run_dir / RUN_DATA
     if recorded.is_file():
         previous = json.loads(recorded.read_text())

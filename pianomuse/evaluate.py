@@ -193,15 +193,23 @@ def evaluate_run(
         sample_dir.mkdir(parents=True, exist_ok=True)
         truth_full = completer.tokenizer.decode([context + completion])
         truth_full.dump_midi(str(sample_dir / "truth.mid"))
-        piano_roll(truth_full, completer.bars_ticks(context, truth_full.tpq), sample_dir / "truth.png",
-                   f"prompt {p}: true continuation")
+        piano_roll(
+            truth_full,
+            completer.bars_ticks(context, truth_full.tpq),
+            sample_dir / "truth.png",
+            f"prompt {p}: true continuation",
+        )
         key = best_key(prompt)
-        prompts.append({
-            "piece_id": row["piece_id"], "start_bar": row["start_bar"], "prompt_bars": context.count(bar_id),
-            "prompt_key": None if key is None else KEY_NAMES[key],
-            "samples": samples,
-            "truth_png": str((sample_dir / "truth.png").relative_to(out_dir)),
-        })
+        prompts.append(
+            {
+                "piece_id": row["piece_id"],
+                "start_bar": row["start_bar"],
+                "prompt_bars": context.count(bar_id),
+                "prompt_key": None if key is None else KEY_NAMES[key],
+                "samples": samples,
+                "truth_png": str((sample_dir / "truth.png").relative_to(out_dir)),
+            }
+        )
 
     results["key_agreement"] = {system: mean_and_ci(v, cfg["seed"]) for system, v in agreement.items()}
     results["key_agreement_values"] = agreement
@@ -228,7 +236,15 @@ def window_nll_of(completer: Completer, batch_tokens: int) -> WindowNLL:
 
 
 def evaluate_checkpoint(
-    cfg: dict, bars: int, device_name: str, batch_tokens: int, run_dir, baselines: list, train_dir, test_dir, out_dir,
+    cfg: dict,
+    bars: int,
+    device_name: str,
+    batch_tokens: int,
+    run_dir,
+    baselines: list,
+    train_dir,
+    test_dir,
+    out_dir,
     probe_dir=None,
 ) -> dict:
     """`evaluate_run` on a run's best.pth and its `baselines` (checkpoint paths: the same-size Transformer's

@@ -1,6 +1,6 @@
 """Kernels stage: build every compiled kernel this machine can run, check each against its twins, keep a record.
 
-The record (results/kernels/kernels.json, written with `files.write_json`) names the build folder, so that later rules load those very kernels
+The record (results/kernels/kernels.json) names the build folder, so that later rules load those very kernels
 (`pianomuse.kernels.build.use_recorded_kernels`). Besides the ops (`pianomuse.kernels.checks`), the CPU kernel's
 whole-model decoding step is checked against `RWKV7.step` on a small model: that check builds a model, so it lives
 here, above the model, and not in the kernels layer.
@@ -100,4 +100,3 @@ def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
         "kernels": kernels,
         "passed": all(kernel["passed"] for kernel in kernels),
     }
-

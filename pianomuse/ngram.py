@@ -338,10 +338,14 @@ def fit_ngram(
     model.save(out_dir / "model.npz")
     shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
     info = {
-        "arch": "ngram", "order": model.order, "tokenizer_hash": tokenizer_hash(tokenizer_path),
+        "arch": "ngram",
+        "order": model.order,
+        "tokenizer_hash": tokenizer_hash(tokenizer_path),
         "validation_nll": {str(order): value for order, value in nll.items()},
-        "train_windows": len(streams), "train_tokens": int(tokens),
-        "validation_windows": len(val_ds), "seconds": round(time.perf_counter() - start, 1),
+        "train_windows": len(streams),
+        "train_tokens": int(tokens),
+        "validation_windows": len(val_ds),
+        "seconds": round(time.perf_counter() - start, 1),
     }
     write_json(info, out_dir / "model.json")
     print(f"chose order {model.order}", file=sys.stderr)

@@ -176,6 +176,7 @@ def check_tokenizer_resolution(tokenizer: REMI) -> None:
 def reference_continuations(completer: Completer, figure: Figure, other: Figure, bars: int) -> dict[str, Score]:
     """The references, written out through the tokenizer as a model's continuation would be (bars 9 to 8 + M of
     the figure played on): `REPEAT` scoring 1 shows the tokenized prompt keeps every onset and pitch."""
+
     def after_prompt(score: Score) -> Score:
         return completer.decode_last_bars(completer.prompt_ids(score, None), bars)
 
@@ -208,9 +209,13 @@ def probe_figure(
         scores[name] = [figure_score(continuation, figure, sampling.bars)]
     log.info("%s: %s", figure.name, {name: round(float(np.mean(v)), 3) for name, v in scores.items()})
     return {
-        "name": figure.name, "texture": figure.texture, "key": figure.key,
+        "name": figure.name,
+        "texture": figure.texture,
+        "key": figure.key,
         "time_signature": f"{figure.time_signature[0]}/{figure.time_signature[1]}",
-        "figure": [list(note) for note in figure.notes], "scores": scores, "rolls": rolls,
+        "figure": [list(note) for note in figure.notes],
+        "scores": scores,
+        "rolls": rolls,
         "summary": {name: mean_and_ci(values, sampling.seed) for name, values in scores.items()},
     }
 
@@ -230,8 +235,12 @@ def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Samp
             seeded = Sampling(**{**asdict(sampling), "seed": sampling.seed + i})
             prompts.append(probe_figure(completer, samplers, seeded, figure, other, staging / "prompts" / figure.name))
         results = {
-            "settings": asdict(sampling), "prompt_bars": PROMPT_BARS, "slots_per_quarter": SLOTS_PER_QUARTER,
-            "systems": systems, "sampled": list(samplers), "prompts": prompts,
+            "settings": asdict(sampling),
+            "prompt_bars": PROMPT_BARS,
+            "slots_per_quarter": SLOTS_PER_QUARTER,
+            "systems": systems,
+            "sampled": list(samplers),
+            "prompts": prompts,
             # Over prompts, each weighing the same: the K samples of one prompt are not independent tries.
             "summary": summarize(prompts, systems, sampling.seed),
             "by_texture": {

@@ -107,7 +107,9 @@ def downbeat_header(ids: np.ndarray, bar_offset: int, tempo_id: int, markers: Te
     return np.array([ids[bar_offset], ids[bar_offset + 1], markers.position_0, tempo_id], dtype=np.uint16)
 
 
-def standalone_bars(ids: np.ndarray, bar_offsets: np.ndarray, markers: TempoMarkers, first: int, end: int) -> np.ndarray:
+def standalone_bars(
+    ids: np.ndarray, bar_offsets: np.ndarray, markers: TempoMarkers, first: int, end: int
+) -> np.ndarray:
     """Bars first .. end-1 of a stream as a stream of their own: the first restates time signature and tempo."""
     tempo, stated = tempo_at_bars(ids, bar_offsets, markers)
     bounds = np.append(bar_offsets, len(ids)).astype(np.int64)

@@ -21,7 +21,9 @@ def piano_roll(score, continuation_tick: int, path: Path, title: str) -> None:
     for track in score.tracks:
         notes = track.notes.numpy()  # one barh call for all notes: per-note calls are slow for a dense piece
         colors = np.where(notes["time"] >= continuation_tick, "tab:orange", "tab:blue")
-        axes.barh(notes["pitch"], notes["duration"] / score.tpq, left=notes["time"] / score.tpq, height=0.8, color=colors)
+        axes.barh(
+            notes["pitch"], notes["duration"] / score.tpq, left=notes["time"] / score.tpq, height=0.8, color=colors
+        )
     axes.axvline(continuation_tick / score.tpq, color="black", linestyle="--", label="continuation starts")
     axes.set(xlabel="time (quarter notes)", ylabel="MIDI pitch", title=title)
     axes.legend(loc="upper right")
@@ -110,8 +112,10 @@ def probe_tables(probe: dict, image_root: str) -> list[Table]:
             "Pattern continuation probe, per prompt",
             "mean [95% bootstrap interval over samples] (n = samples)",
             ["prompt", "key", "meter", *systems],
-            [[p["name"], p["key"], p["time_signature"], *(interval(p["summary"][s]) for s in systems)]
-             for p in prompts],
+            [
+                [p["name"], p["key"], p["time_signature"], *(interval(p["summary"][s]) for s in systems)]
+                for p in prompts
+            ],
         ),
         Table(
             "Pattern continuation probe: piano rolls",
@@ -157,11 +161,17 @@ def report_tables(results: dict) -> list[Table]:
             "Prompts and samples",
             "bars counted in the sampled ids (a MIDI file keeps no trailing empty bar); token errors: miditok's "
             "tokens_errors of prompt + continuation, the share of tokens that may not follow the ones before (0: none)",
-            ["prompt", "prompt key", "prompt bars",
-             *(f"{s}: {what}" for s in sampled for what in ["bars per sample", "token errors per sample"])],
+            [
+                "prompt",
+                "prompt key",
+                "prompt bars",
+                *(f"{s}: {what}" for s in sampled for what in ["bars per sample", "token errors per sample"]),
+            ],
             [
                 [
-                    prompt_name(p), p["prompt_key"] or "none", str(p["prompt_bars"]),
+                    prompt_name(p),
+                    p["prompt_key"] or "none",
+                    str(p["prompt_bars"]),
                     *(
                         cell
                         for s in sampled

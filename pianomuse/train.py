@@ -2,8 +2,9 @@
 
 The loss is the mean NLL of every next-token prediction in each window (`train.loss: window`), or of the completion
 tokens only (`completion`: the context is read but never scored, and its hidden states never reach the head).
-Validation NLL is always per completion token, so runs with either loss compare. Run it through Snakemake (`snakemake -c8 train`); with `train.devices > 1` the rule
-starts it under torchrun and it trains with DDP, each rank taking its share of the token-budget batches.
+Validation NLL is always per completion token, so runs with either loss compare. Run it through Snakemake
+(`snakemake -c8 train`); with `train.devices > 1` the rule starts it under torchrun and it trains with DDP, each
+rank taking its share of the token-budget batches.
 """
 
 from __future__ import annotations
@@ -39,7 +40,15 @@ from pianomuse.scoring import batch_nll, eval_subset, mean_nll, unigram_nll
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
 
 METRICS_COLUMNS = [
-    "step", "epoch", "lr", "train_loss", "val_nll", "tokens_per_s", "padding_fraction", "grad_norm", "skipped_steps"
+    "step",
+    "epoch",
+    "lr",
+    "train_loss",
+    "val_nll",
+    "tokens_per_s",
+    "padding_fraction",
+    "grad_norm",
+    "skipped_steps",
 ]
 
 
@@ -206,8 +215,13 @@ def model_config(config: dict, vocab_size: int):
     """The config of the model that `model.arch` names (RWKV-7 or the same-size Transformer)."""
     model, train = config["model"], config["train"]
     return arch_config(
-        model.get("arch", LEGACY_ARCH), vocab_size, model["n_layer"], model["n_embd"], model["head_size"],
-        dropout=train["dropout"], grad_checkpoint=train["grad_checkpoint"],
+        model.get("arch", LEGACY_ARCH),
+        vocab_size,
+        model["n_layer"],
+        model["n_embd"],
+        model["head_size"],
+        dropout=train["dropout"],
+        grad_checkpoint=train["grad_checkpoint"],
     )
 
 
@@ -299,7 +313,9 @@ def train(
 
     n_params = sum(p.numel() for p in raw_model.parameters())
     info = {
-        "arch": arch_of(raw_model), "model": dataclasses.asdict(mconfig), "tokenizer_hash": tokenizer_hash(tokenizer_path),
+        "arch": arch_of(raw_model),
+        "model": dataclasses.asdict(mconfig),
+        "tokenizer_hash": tokenizer_hash(tokenizer_path),
         "n_params": n_params,
     }
     if is_writer:
@@ -316,10 +332,16 @@ def train(
 
     def checkpoint(extra_metrics: dict) -> None:
         state = {
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_val": best_val,
-            "skipped_steps": skipped, "nonfinite_in_a_row": guard.in_a_row,
-            "model_config": dataclasses.asdict(mconfig), "windows_fingerprint": data_fingerprint,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": step,
+            "epoch": epoch,
+            "batch_in_epoch": batch_in_epoch,
+            "best_val": best_val,
+            "skipped_steps": skipped,
+            "nonfinite_in_a_row": guard.in_a_row,
+            "model_config": dataclasses.asdict(mconfig),
+            "windows_fingerprint": data_fingerprint,
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
         }
         save_resume_point(raw_model, {**info, "step": step, "metrics": extra_metrics}, state, run_dir)
 
@@ -362,16 +384,20 @@ def train(
             if is_writer and (step % cfg["log_every"] == 0 or val_nll is not None or step == max_steps):
                 elapsed = time.perf_counter() - since_log["start"]
                 row = {
-                    "step": step, "epoch": epoch, "lr": f"{lr:.6g}",
+                    "step": step,
+                    "epoch": epoch,
+                    "lr": f"{lr:.6g}",
                     "train_loss": f"{since_log['loss'] / since_log['updates']:.6f}" if since_log["updates"] else "",
                     "val_nll": "" if val_nll is None else f"{val_nll:.6f}",
                     "tokens_per_s": f"{since_log['tokens'] / elapsed:.1f}",
                     "padding_fraction": f"{1 - since_log['tokens'] / since_log['padded']:.4f}",
-                    "grad_norm": f"{grad_norm:.6f}", "skipped_steps": skipped,
+                    "grad_norm": f"{grad_norm:.6f}",
+                    "skipped_steps": skipped,
                 }
                 metrics.append(row)
-                progress.set_postfix(loss=row["train_loss"], tok_s=row["tokens_per_s"], val=row["val_nll"] or "-",
-                                     refresh=False)
+                progress.set_postfix(
+                    loss=row["train_loss"], tok_s=row["tokens_per_s"], val=row["val_nll"] or "-", refresh=False
+                )
                 pace = (time.perf_counter() - session["start"]) / (step - session["step"])
                 tqdm.write(log_line(row, max_steps, pace), file=sys.stderr)
                 since_log = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
@@ -419,8 +445,18 @@ def launch(config: dict, train_dir, val_dir, tokenizer_path, run_dir) -> None:
     config_path = run_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-        "-m", "pianomuse.train", str(config_path), str(train_dir), str(val_dir), str(tokenizer_path), str(run_dir),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={devices}",
+        "-m",
+        "pianomuse.train",
+        str(config_path),
+        str(train_dir),
+        str(val_dir),
+        str(tokenizer_path),
+        str(run_dir),
     ]
     print(" ".join(command), file=sys.stderr)
     subprocess.run(command, check=True)

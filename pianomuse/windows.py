@@ -77,7 +77,9 @@ def shard_windows(
         fits = lengths <= max_tokens
         counts["windows_over_cap"] += int((~fits).sum())
         counts["tokens"] += int(lengths[fits].sum())
-        for s, body_start, split, end in zip(first_bars[fits], body_starts[fits], splits[fits], ends[fits], strict=True):
+        for s, body_start, split, end in zip(
+            first_bars[fits], body_starts[fits], splits[fits], ends[fits], strict=True
+        ):
             contexts.append(np.concatenate([downbeat_header(ids, bounds[s], tempo[s], markers), ids[body_start:split]]))
             completions.append(ids[split:end])
         piece_ids += [piece_id] * int(fits.sum())

@@ -26,7 +26,10 @@ def tokenizer(tokenizer_path):
 def write_token_shard(tokenizer, scores: dict[str, Score], path, transpose: int = 0):
     """A token shard (TOKEN_SHARD_SCHEMA) of `scores` (piece_id -> score), tokenized like the tokenize stage."""
     midi_dir = path.parent / "midi"
-    pieces = [tokenize_piece(tokenizer, write_midi(score, midi_dir / f"{piece_id}.midi")) for piece_id, score in scores.items()]
+    pieces = [
+        tokenize_piece(tokenizer, write_midi(score, midi_dir / f"{piece_id}.midi"))
+        for piece_id, score in scores.items()
+    ]
     columns = {
         "piece_id": list(scores),
         "split": ["train"] * len(scores),
@@ -94,9 +97,13 @@ def test_augment_shard_writes_the_transpositions_that_fit(tokenizer, tokenizer_p
     assert augmented.schema == TOKEN_SHARD_SCHEMA
     rows = augmented.to_pandas()
     assert list(zip(rows["piece_id"], rows["transpose"])) == [
-        ("2004/high", -2), ("2004/high", 1),
-        ("2004/low", 1), ("2004/low", 3),
-        ("2004/mid", -2), ("2004/mid", 1), ("2004/mid", 3),
+        ("2004/high", -2),
+        ("2004/high", 1),
+        ("2004/low", 1),
+        ("2004/low", 3),
+        ("2004/mid", -2),
+        ("2004/mid", 1),
+        ("2004/mid", 3),
     ]
     table = pitch_shift_table(tokenizer)
     for row in rows.itertuples():

@@ -65,7 +65,11 @@ def changed_folders(section: str, key: str, value) -> set[str]:
 def test_data_folders_are_named_by_the_settings_each_stage_depends_on():
     folders = data_folders(WORKFLOW_CONFIG)
     assert [folder.rsplit("/", 1)[0] for folder in folders.values()] == [
-        "results/maestro", "results/tokenizer", "results/tokens", "results/augment", "results/windows"
+        "results/maestro",
+        "results/tokenizer",
+        "results/tokens",
+        "results/augment",
+        "results/windows",
     ]
     assert data_folders(copy.deepcopy(WORKFLOW_CONFIG)) == folders  # stable
     assert changed_folders("windows", "context_bars", 3) == {"windows"}
@@ -113,4 +117,3 @@ def test_the_sampling_sections_hold_the_sampling_defaults():
     assert config["probe"] == defaults
     evaluate = {name: config["evaluate"][name] for name in defaults if name != "bars"}
     assert evaluate == {name: value for name, value in defaults.items() if name != "bars"}
-

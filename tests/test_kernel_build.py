@@ -206,10 +206,16 @@ def test_a_lock_file_left_by_a_killed_build_is_cleared_instead_of_waited_on(tmp_
 def test_a_build_in_progress_elsewhere_is_waited_for(tmp_path):
     # Another process holds the OS lock, as a live build does, and its cpp_extension lock file exists.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX);"
-         " open(sys.argv[2], 'w').close(); print('held', flush=True); time.sleep(2)",
-         str(tmp_path / "build.flock"), str(tmp_path / "lock")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX);"
+            " open(sys.argv[2], 'w').close(); print('held', flush=True); time.sleep(2)",
+            str(tmp_path / "build.flock"),
+            str(tmp_path / "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline() == "held\n"
     start = time.monotonic()

@@ -100,7 +100,10 @@ def test_probe_command_end_to_end_on_a_tiny_model(checkpoint, tmp_path, capsys):
         assert scores[REPEAT] == [1.0] and scores[TRANSPOSED] == [0.0] and scores[OTHER_FIGURE][0] < 0.5
         folder = out / "prompts" / prompt["name"]
         assert sorted(p.name for p in folder.iterdir()) == [
-            "prompt.mid", "rwkv-7-sample-0.mid", "rwkv-7-sample-1.mid", "rwkv-7.png"
+            "prompt.mid",
+            "rwkv-7-sample-0.mid",
+            "rwkv-7-sample-1.mid",
+            "rwkv-7.png",
         ]
         assert (out / prompt["rolls"]["RWKV-7"]).stat().st_size > 0
         figure = next(f for f in FIGURES if f.name == prompt["name"])

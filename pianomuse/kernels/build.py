@@ -5,6 +5,7 @@
 `pianomuse.kernel_record`. On Windows the MSVC environment is located with vswhere and imported from vcvars64.bat
 before building.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -83,8 +83,11 @@ def check_token_mix(kernel, shape=(3, 70, 96), mixes: int = 6, seed: int = 0) ->
     one random problem whose row blocks straddle sequences."""
     generator = torch.Generator().manual_seed(seed)
     batch, _, channels = shape
-    inputs = [torch.randn(*shape, generator=generator), torch.randn(batch, channels, generator=generator),
-              torch.rand(mixes, channels, generator=generator)]
+    inputs = [
+        torch.randn(*shape, generator=generator),
+        torch.randn(batch, channels, generator=generator),
+        torch.rand(mixes, channels, generator=generator),
+    ]
 
     def run(fn):
         leaves = [x.clone().requires_grad_(True) for x in inputs]

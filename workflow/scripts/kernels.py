@@ -13,7 +13,11 @@ write_json(record, snakemake.output.record)
 for kernel in record["kernels"]:
     log.info(
         "%s on %s: checks %s (%s), built with %s into %s",
-        kernel["name"], kernel["device"], "passed" if kernel["passed"] else "FAILED",
-        ", ".join(check["kernel"] for check in kernel["checks"]), kernel["compiler"], kernel["path"],
+        kernel["name"],
+        kernel["device"],
+        "passed" if kernel["passed"] else "FAILED",
+        ", ".join(check["kernel"] for check in kernel["checks"]),
+        kernel["compiler"],
+        kernel["path"],
     )
 log.info("record (%s):\n%s", snakemake.output.record, json.dumps(record, indent=2))
