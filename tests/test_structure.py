@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "pianomuse"
 
 LAYERS = {  # lowest first; module names without the leading "pianomuse."
-    "helpers": "(package) batching config devices files flops logs metrics remi report sampling scoring startup "
-    "tokenizer",
+    "helpers": "(package) batching config devices files flops logs metrics optim remi report run_log sampling scoring "
+    "startup tokenizer",
     "kernels": "kernels kernels.build kernels.checks kernels.token_mix kernels.wkv7",
     "model": "model decode_step transformer ngram decoding models checkpoint",
     "stages": "maestro tokens augment windows kernel_record train complete evaluate probe",

@@ -26,16 +26,10 @@ from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, s
 from pianomuse.checkpoint import save_weights
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
+from pianomuse.optim import lr_factor, optimizer_groups
+from pianomuse.run_log import read_metrics
 from pianomuse.scoring import batch_nll
-from pianomuse.train import (
-    NonFiniteGuard,
-    launch,
-    lr_factor,
-    optimizer_groups,
-    read_metrics,
-    train,
-    train_step,
-)
+from pianomuse.train import NonFiniteGuard, launch, train, train_step
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 TINY_MODEL = {"n_layer": 2, "n_embd": 64, "head_size": 64}

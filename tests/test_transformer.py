@@ -18,8 +18,8 @@ from pianomuse.complete import Completer, CompletionError, Sampling
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7
 from pianomuse.models import arch_of, build_model, matched_mlp_hidden, model_config
+from pianomuse.run_log import read_metrics
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.train import read_metrics
 from pianomuse.transformer import KVCache, Transformer, TransformerConfig, TransformerDecoder
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
