@@ -3,7 +3,7 @@
 It sits beside the model it steps (it reads the model's weights and state), above the kernels layer.
 
 In RNN mode every op of `RWKV7.step` works on one token per stream, so on a CPU that step's time goes into
-dispatching ~100 small torch ops per block rather than into arithmetic. `csrc/rwkv7_decode_cpu.cpp` computes the
+dispatching ~100 small torch ops per block rather than into arithmetic. `kernels/csrc/rwkv7_decode_cpu.cpp` computes the
 same step with plain loops between its matrix products. `RWKV7.step` is its twin: tests compare the two, and
 `decode_step_for` falls back to it (with the compiled-kernel warning) where the kernel cannot be built.
 """
@@ -21,7 +21,7 @@ from pianomuse.model import RWKV7, LayerState, State
 # advances it in place): callers pass each state once and go on with the returned one.
 Step = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
 
-# The order of csrc/rwkv7_decode_cpu.cpp's `LayerWeight`: (module path in a Block, parameter) per slot.
+# The order of kernels/csrc/rwkv7_decode_cpu.cpp's `LayerWeight`: (module path in a Block, parameter) per slot.
 LAYER_WEIGHTS = [
     ("ln0", "weight"), ("ln0", "bias"), ("ln1", "weight"), ("ln1", "bias"), ("ln2", "weight"), ("ln2", "bias"),
     ("att", "x_r"), ("att", "x_w"), ("att", "x_k"), ("att", "x_v"), ("att", "x_a"), ("att", "x_g"),

@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from pianomuse.decode_step import CompiledStep
-from pianomuse.kernels.build import EXTENSION_NAMES, compiler_version, load_kernel, staged_sources
+from pianomuse.kernels.build import EXTENSION_NAMES, load_kernel, staged_sources
 from pianomuse.kernels.checks import TOLERANCE, check_kernel, check_token_mix, relative_errors
+from pianomuse.kernels.toolchain import compiler_version
 from pianomuse.model import RWKV7, RWKV7Config, state_repeat
 
 

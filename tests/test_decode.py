@@ -1,4 +1,4 @@
-"""The compiled RWKV-7 decoding step (csrc/rwkv7_decode_cpu.cpp) against its twin, `RWKV7.step`."""
+"""The compiled RWKV-7 decoding step (pianomuse/kernels/csrc/rwkv7_decode_cpu.cpp) against its twin, `RWKV7.step`."""
 
 from __future__ import annotations
 

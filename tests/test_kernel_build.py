@@ -14,7 +14,7 @@ import pytest
 
 from pianomuse import kernel_record
 from pianomuse.files import write_json
-from pianomuse.kernels import build
+from pianomuse.kernels import build, toolchain
 
 PROGRAM_FILES = r"C:\Program Files (x86)"
 VSWHERE = PROGRAM_FILES + r"\Microsoft Visual Studio\Installer\vswhere.exe"
@@ -57,7 +57,7 @@ def no_cl(name, path=None):
 
 def test_vswhere_is_queried_for_the_x64_tools_and_vcvars64_found():
     run = FakeRun()
-    assert build.find_vcvars64(run, {VSWHERE, VCVARS}.__contains__, windows_environ()) == VCVARS
+    assert toolchain.find_vcvars64(run, {VSWHERE, VCVARS}.__contains__, windows_environ()) == VCVARS
     command = run.calls[0]
     assert command[command.index("-requires") + 1] == "Microsoft.VisualStudio.Component.VC.Tools.x86.x64"
     assert command[1:] == [
@@ -68,7 +68,7 @@ def test_vswhere_is_queried_for_the_x64_tools_and_vcvars64_found():
 
 def test_ensure_msvc_imports_the_vcvars64_environment():
     environ, run = windows_environ(), FakeRun()
-    build.ensure_msvc(run=run, exists={VSWHERE, VCVARS}.__contains__, environ=environ, which=no_cl)
+    toolchain.ensure_msvc(run=run, exists={VSWHERE, VCVARS}.__contains__, environ=environ, which=no_cl)
     assert environ["Path"].startswith(MSVC_BIN) and environ["INCLUDE"] == r"C:\msvc\include"
     assert run.calls[1] == f'cmd /c ""{VCVARS}" && set"'
     assert not any(name.startswith("*") or name.startswith("[") for name in environ)
@@ -76,7 +76,7 @@ def test_ensure_msvc_imports_the_vcvars64_environment():
 
 def test_ensure_msvc_does_nothing_when_cl_is_on_path():
     environ, run = windows_environ(), FakeRun()
-    build.ensure_msvc(run=run, exists=lambda path: True, environ=environ, which=lambda name, path=None: "cl.exe")
+    toolchain.ensure_msvc(run=run, exists=lambda path: True, environ=environ, which=lambda name, path=None: "cl.exe")
     assert run.calls == [] and environ == windows_environ()
 
 
@@ -86,8 +86,9 @@ def test_ensure_msvc_does_nothing_when_cl_is_on_path():
     ids=["no-vswhere", "no-vc-tools-install", "no-vcvars64"],
 )
 def test_missing_msvc_says_what_to_install(existing, installs):
-    with pytest.raises(build.KernelBuildError) as error:
-        build.ensure_msvc(run=FakeRun(installs), exists=existing.__contains__, environ=windows_environ(), which=no_cl)
+    with pytest.raises(toolchain.KernelBuildError) as error:
+        run, environ = FakeRun(installs), windows_environ()
+        toolchain.ensure_msvc(run=run, exists=existing.__contains__, environ=environ, which=no_cl)
     message = str(error.value)
     assert "Visual Studio 2022 Build Tools" in message and "'Desktop development with C++' workload" in message
     assert "https://visualstudio.microsoft.com/visual-cpp-build-tools/" in message
@@ -95,14 +96,14 @@ def test_missing_msvc_says_what_to_install(existing, installs):
 
 def test_failing_vcvars64_is_reported():
     run = FakeRun(vcvars_output="The system cannot find the path specified.\n")
-    with pytest.raises(build.KernelBuildError, match="vcvars64.bat failed"):
-        build.msvc_environment(run, {VSWHERE, VCVARS}.__contains__, windows_environ())
+    with pytest.raises(toolchain.KernelBuildError, match="vcvars64.bat failed"):
+        toolchain.msvc_environment(run, {VSWHERE, VCVARS}.__contains__, windows_environ())
 
 
 def test_missing_cuda_toolkit_names_the_version_to_install(monkeypatch):
-    monkeypatch.setattr(build.torch.version, "cuda", "12.8")
-    with pytest.raises(build.KernelBuildError, match=r"Install the CUDA Toolkit 12\.8"):
-        build.check_cuda_toolkit(None, which=lambda name: None)
+    monkeypatch.setattr(toolchain.torch.version, "cuda", "12.8")
+    with pytest.raises(toolchain.KernelBuildError, match=r"Install the CUDA Toolkit 12\.8"):
+        toolchain.check_cuda_toolkit(None, which=lambda name: None)
 
 
 def test_default_build_dir_follows_the_environment(monkeypatch, tmp_path):

@@ -20,7 +20,7 @@ PACKAGE = REPO / "pianomuse"
 LAYERS = {  # lowest first; module names without the leading "pianomuse."
     "helpers": "(package) batching config devices files flops logs metrics optim remi report run_log sampling scoring "
     "startup tokenizer",
-    "kernels": "kernels kernels.build kernels.checks kernels.token_mix kernels.wkv7",
+    "kernels": "kernels kernels.build kernels.checks kernels.token_mix kernels.toolchain kernels.wkv7",
     "model": "model decode_step transformer ngram decoding models checkpoint",
     "stages": "maestro tokens augment windows kernel_record train complete evaluate probe",
     "front end": "cli",

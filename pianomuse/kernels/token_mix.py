@@ -1,4 +1,4 @@
-"""RWKV-7's token-shift mixes: a fused C++ op (csrc/token_mix_cpu.cpp) with a pure-PyTorch twin.
+"""RWKV-7's token-shift mixes: a fused C++ op (kernels/csrc/token_mix_cpu.cpp) with a pure-PyTorch twin.
 
 For x [B, T, C], the previous token's input prev (x shifted one step along T, starting from x_prev [B, C] or zeros)
 and M mixes [M, C]:  out_m = x + (prev - x) * mix[m],  M tensors [B, T, C]. The time mix takes its six inputs
