@@ -126,76 +126,79 @@ def probe_tables(probe: dict, image_root: str) -> list[Table]:
     ]
 
 
+def key_agreement_table(agreement: dict) -> Table:
+    return Table(
+        "Key agreement with the prompt",
+        "share of each continuation's notes whose pitch class lies in the prompt's key (the major or minor key "
+        "whose Krumhansl-Kessler profile correlates best with the prompt's duration-weighted pitch classes; "
+        "its major or natural minor scale); chance: 7/12 = 0.583; the true continuation scored the same way. "
+        "mean [95% bootstrap interval] (n = continuations)",
+        ["measure", *agreement],
+        [system_row("key agreement", agreement, list(agreement))],
+    )
+
+
+def metrics_table(metrics: dict, bars: int) -> Table:
+    systems = list(metrics)
+    metric_names = list(metrics[systems[0]])
+    return Table(
+        "Musical metrics against the true continuation",
+        "mean [95% bootstrap interval] (n = values; a ratio against a truth with no notes, or fewer than two "
+        "onsets, is undefined and left out); perfect: 1 for overlaps, similarities, ratios and scale consistency, "
+        f"0 for the pitch range difference. Baselines: the prompt's last {bars} bars played again (the whole "
+        f"prompt cycled when it has fewer bars), and the {bars} bars that follow a test prompt of another piece",
+        ["metric", *systems],
+        [[name, *(interval(metrics[s][name]) for s in systems)] for name in metric_names],
+    )
+
+
+def prompts_table(prompts: list[dict], sampled: list[str]) -> Table:
+    def row(p: dict) -> list[str]:
+        per_system = [
+            [", ".join(map(str, p["samples"][s]["bars"])), ", ".join(f"{e:g}" for e in p["samples"][s]["token_errors"])]
+            for s in sampled
+        ]
+        return [
+            prompt_name(p),
+            p["prompt_key"] or "none",
+            str(p["prompt_bars"]),
+            *(c for cells in per_system for c in cells),
+        ]
+
+    return Table(
+        "Prompts and samples",
+        "bars counted in the sampled ids (a MIDI file keeps no trailing empty bar); token errors: miditok's "
+        "tokens_errors of prompt + continuation, the share of tokens that may not follow the ones before (0: none)",
+        [
+            "prompt",
+            "prompt key",
+            "prompt bars",
+            *(f"{s}: {what}" for s in sampled for what in ["bars per sample", "token errors per sample"]),
+        ],
+        [row(p) for p in prompts],
+    )
+
+
+def piano_rolls_table(prompts: list[dict], sampled: list[str]) -> Table:
+    return Table(
+        "Piano rolls",
+        "blue: the prompt, orange: the continuation",
+        ["prompt", *(f"{s} sample 0" for s in sampled), "true continuation"],
+        [
+            [prompt_name(p), *(("image", p["samples"][s]["png"]) for s in sampled), ("image", p["truth_png"])]
+            for p in prompts
+        ],
+    )
+
+
 def report_tables(results: dict) -> list[Table]:
-    bars, sampled = results["continuation_bars"], results["sampled"]
-    agreement = results["key_agreement"]
     tables = nll_tables(results["nll"])
-    tables.append(
-        Table(
-            "Key agreement with the prompt",
-            "share of each continuation's notes whose pitch class lies in the prompt's key (the major or minor key "
-            "whose Krumhansl-Kessler profile correlates best with the prompt's duration-weighted pitch classes; "
-            "its major or natural minor scale); chance: 7/12 = 0.583; the true continuation scored the same way. "
-            "mean [95% bootstrap interval] (n = continuations)",
-            ["measure", *agreement],
-            [system_row("key agreement", agreement, list(agreement))],
-        )
-    )
-    systems = list(results["metrics"])
-    metric_names = list(results["metrics"][systems[0]])
-    tables.append(
-        Table(
-            "Musical metrics against the true continuation",
-            "mean [95% bootstrap interval] (n = values; a ratio against a truth with no notes, or fewer than two "
-            "onsets, is undefined and left out); perfect: 1 for overlaps, similarities, ratios and scale consistency, "
-            f"0 for the pitch range difference. Baselines: the prompt's last {bars} bars played again (the whole "
-            f"prompt cycled when it has fewer bars), and the {bars} bars that follow a test prompt of another piece",
-            ["metric", *systems],
-            [[name, *(interval(results["metrics"][s][name]) for s in systems)] for name in metric_names],
-        )
-    )
+    tables.append(key_agreement_table(results["key_agreement"]))
+    tables.append(metrics_table(results["metrics"], results["continuation_bars"]))
     if "probe" in results:
         tables += probe_tables(results["probe"], results["probe_dir"] + "/")
-    tables.append(
-        Table(
-            "Prompts and samples",
-            "bars counted in the sampled ids (a MIDI file keeps no trailing empty bar); token errors: miditok's "
-            "tokens_errors of prompt + continuation, the share of tokens that may not follow the ones before (0: none)",
-            [
-                "prompt",
-                "prompt key",
-                "prompt bars",
-                *(f"{s}: {what}" for s in sampled for what in ["bars per sample", "token errors per sample"]),
-            ],
-            [
-                [
-                    prompt_name(p),
-                    p["prompt_key"] or "none",
-                    str(p["prompt_bars"]),
-                    *(
-                        cell
-                        for s in sampled
-                        for cell in [
-                            ", ".join(map(str, p["samples"][s]["bars"])),
-                            ", ".join(f"{errors:g}" for errors in p["samples"][s]["token_errors"]),
-                        ]
-                    ),
-                ]
-                for p in results["prompts"]
-            ],
-        )
-    )
-    tables.append(
-        Table(
-            "Piano rolls",
-            "blue: the prompt, orange: the continuation",
-            ["prompt", *(f"{s} sample 0" for s in sampled), "true continuation"],
-            [
-                [prompt_name(p), *(("image", p["samples"][s]["png"]) for s in sampled), ("image", p["truth_png"])]
-                for p in results["prompts"]
-            ],
-        )
-    )
+    tables.append(prompts_table(results["prompts"], results["sampled"]))
+    tables.append(piano_rolls_table(results["prompts"], results["sampled"]))
     return tables
 
 
