@@ -4,7 +4,8 @@
 
 A module imports only from layers below its own, or from its own layer without a cycle; stages import each other
 only where one reads what an upstream stage publishes; no library module imports the CLI. Every import counts,
-including those inside functions. A new module fails here until it is given a layer.
+including those inside functions. A new module fails here until it is given a layer. And no function is longer
+than a screen.
 """
 
 from __future__ import annotations
@@ -115,3 +116,14 @@ def test_the_checker_sees_a_back_edge(tmp_path):
     assert pianomuse_imports(source) == {"pianomuse.model", "pianomuse.cli"}
     assert RANK["pianomuse.model"] > RANK["pianomuse.kernels.wkv7"]
     assert {"pianomuse.kernels.build"} <= GRAPH["pianomuse.kernels.wkv7"]  # its lazy import is seen
+
+
+MAX_FUNCTION_LINES = 60  # a function you can read on one screen
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_no_function_is_longer_than_a_screen(module):
+    tree = ast.parse(MODULES[module].read_text())
+    functions = [node for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    long = {f.name: f.end_lineno - f.lineno + 1 for f in functions if f.end_lineno - f.lineno + 1 > MAX_FUNCTION_LINES}
+    assert not long, f"{module}: split {long} (lines each)"
