@@ -17,7 +17,7 @@ from pianomuse.files import atomic_write, write_json
 from pianomuse.models import save_model
 
 
-def save_torch(obj, path: Path) -> None:
+def save_torch(obj: object, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
@@ -44,7 +44,7 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_resume_point(model, info: dict, training_state: dict, run_dir: Path) -> None:
+def save_resume_point(model: torch.nn.Module, info: dict, training_state: dict, run_dir: Path) -> None:
     """The last checkpoint: `last.state.pt` holds everything resuming needs, the weights included, in one file
     renamed into place at once, so a kill at any moment leaves a consistent resume point. `last.pth`/`last.json`,
     the portable copy, follow it.

@@ -17,7 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -40,6 +40,9 @@ from pianomuse.sampling import (
     filter_logits,
 )
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
+
+if TYPE_CHECKING:
+    from pianomuse.ngram import NgramModel
 
 # A dense MAESTRO bar is a few hundred tokens; past this the grammar closes the bar (see sampling.py).
 MAX_TOKENS_PER_BAR = 1024
@@ -167,14 +170,14 @@ def after_prompt(prompt: Score, tick: int, continuation: Score) -> tuple[Score, 
 class Completer:
     """Samples continuations from a model (RWKV-7, Transformer or n-gram: see `pianomuse.models`)."""
 
-    def __init__(self, model, tokenizer: REMI, device: str = "cpu"):
+    def __init__(self, model: torch.nn.Module | NgramModel, tokenizer: REMI, device: str = "cpu"):
         self.decoder = decoder_for(model, device)
         self.tokenizer = tokenizer
         self.grammar = GrammarTables.of(tokenizer)
         self.markers = TempoMarkers.of(tokenizer)
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module | NgramModel:
         return self.decoder.model
 
     @property

@@ -10,6 +10,7 @@ same step with plain loops between its matrix products. `RWKV7.step` is its twin
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -53,7 +54,7 @@ class CompiledStep:
     """`RWKV7.step` through the compiled CPU kernel; same arguments and results, except that the state passed in is
     consumed: its tensors are advanced in place (a fresh WKV state per step costs more than the step's arithmetic)."""
 
-    def __init__(self, kernel, model: RWKV7):
+    def __init__(self, kernel: ModuleType, model: RWKV7):
         self.kernel = kernel
         self.weights = decode_weights(model)
         self.head_size = model.config.head_size

@@ -22,7 +22,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from miditok import TokSequence
+from miditok import REMI, TokSequence
 from symusic import Score
 
 from pianomuse.batching import collate_windows, pack_by_length, window_lengths
@@ -43,7 +43,7 @@ TRUTH = "true continuation"
 WindowNLL = Callable[[list[list[int]], list[list[int]]], np.ndarray]
 
 
-def model_window_nll(model, device: torch.device, batch_tokens: int, pad_id: int) -> WindowNLL:
+def model_window_nll(model: torch.nn.Module, device: torch.device, batch_tokens: int, pad_id: int) -> WindowNLL:
     """A causal model's WindowNLL: windows packed by length into batches, only completion positions through the head."""
     autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -64,13 +64,15 @@ def model_window_nll(model, device: torch.device, batch_tokens: int, pad_id: int
     return score
 
 
-def unigram_window_nll(train_ds, vocab_size: int) -> WindowNLL:
+def unigram_window_nll(train_ds: datasets.Dataset, vocab_size: int) -> WindowNLL:
     """The unigram baseline's WindowNLL: train completion-token frequencies, context ignored."""
     log_probs = unigram_log_probs(train_ds, vocab_size)
     return lambda contexts, completions: np.array([-log_probs[np.asarray(m, np.int64)].sum() for m in completions])
 
 
-def nll_results(likelihoods: dict[str, WindowNLL], tokenizer, test_ds, n_windows: int, seed: int) -> dict:
+def nll_results(
+    likelihoods: dict[str, WindowNLL], tokenizer: REMI, test_ds: datasets.Dataset, n_windows: int, seed: int
+) -> dict:
     """NLL per completion token and per note of every likelihood system on a fixed subset of the test windows, with
     bootstrap intervals over the windows."""
     subset = test_ds.select(eval_subset(window_lengths(test_ds), n_windows, seed))
@@ -116,7 +118,7 @@ def repeat_last_bars(ids: list[int], bar_id: int, bars: int) -> list[int]:
     return np.concatenate([ids, *(spans[j % len(spans)] for j in range(bars))]).tolist()
 
 
-def nan_to_none(value):
+def nan_to_none(value: object) -> object:
     """JSON has no NaN (a metric against an empty continuation is one): write null instead."""
     if isinstance(value, dict):
         return {key: nan_to_none(item) for key, item in value.items()}
@@ -184,9 +186,9 @@ def evaluate_run(
     completer: Completer,
     sampled: dict[str, Sampler],
     likelihoods: dict[str, WindowNLL],
-    test_ds,
-    out_dir,
-    probe_dir=None,
+    test_ds: datasets.Dataset,
+    out_dir: str | Path,
+    probe_dir: str | Path | None = None,
 ) -> dict:
     """Everything in the module docstring; returns the results written to metrics.json.
 
@@ -236,7 +238,9 @@ def evaluate_run(
     return write_results(results, values, agreement, prompts, seed, out_dir, probe_dir)
 
 
-def write_results(results: dict, values: dict, agreement: dict, prompts: list, seed: int, out_dir: Path, probe_dir):
+def write_results(
+    results: dict, values: dict, agreement: dict, prompts: list, seed: int, out_dir: Path, probe_dir: str | Path | None
+) -> dict:
     """The summaries (means and bootstrap intervals) beside the raw values, the probe's results when there are
     any, into metrics.json and the report."""
     results["key_agreement"] = {system: mean_and_ci(v, seed) for system, v in agreement.items()}
@@ -268,12 +272,12 @@ def evaluate_checkpoint(
     bars: int,
     device_name: str,
     batch_tokens: int,
-    run_dir,
+    run_dir: str | Path,
     baselines: list,
-    train_dir,
-    test_dir,
-    out_dir,
-    probe_dir=None,
+    train_dir: str | Path,
+    test_dir: str | Path,
+    out_dir: str | Path,
+    probe_dir: str | Path | None = None,
 ) -> dict:
     """`evaluate_run` on a run's best.pth and its `baselines` (checkpoint paths: the same-size Transformer's
     best.pth, the n-gram's model.npz), each sampled and scored, with the unigram scored too (`batch_tokens` bounds

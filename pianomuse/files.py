@@ -46,7 +46,7 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
-def write_json(obj, path: str | Path) -> None:
+def write_json(obj: object, path: str | Path) -> None:
     """`obj` as indented JSON, atomically."""
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 

@@ -12,6 +12,7 @@ import math
 import os
 import platform
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -37,7 +38,7 @@ def perturbed_model(config: RWKV7Config, seed: int = 0) -> RWKV7:
 
 
 @torch.inference_mode()
-def check_decode_step(kernel, batch: int = 3, steps: int = 16, seed: int = 0) -> dict:
+def check_decode_step(kernel: ModuleType, batch: int = 3, steps: int = 16, seed: int = 0) -> dict:
     """Compares the compiled decoding step with `RWKV7.step` on a small perturbed model: logits at every step and
     the state after the last, starting from a parallel prefill's state."""
     config = RWKV7Config(vocab_size=300, n_layer=2, n_embd=128, head_size=64)

@@ -7,6 +7,7 @@ import os
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
@@ -63,7 +64,7 @@ def download_maestro(url: str, sha256: str, dest_dir: str | Path) -> Path:
     return dest_dir
 
 
-def stream_to_file(url: str, file) -> str:
+def stream_to_file(url: str, file: BinaryIO) -> str:
     """Copy `url` into the open binary `file` chunk by chunk; returns the SHA-256 of what was written."""
     digest = hashlib.sha256()
     try:

@@ -264,7 +264,7 @@ class NgramDecoder:
 # The stage: fit on the train windows, choose the order on the validation windows, save
 
 
-def window_streams(dataset) -> list[np.ndarray]:
+def window_streams(dataset: datasets.Dataset) -> list[np.ndarray]:
     """Each window's context + completion, as int64 arrays (read from the Arrow columns)."""
     table = dataset.data
     streams = []
@@ -288,7 +288,7 @@ def choose_order(
     return NgramModel.from_counts(counts, best), nll
 
 
-def fresh_starts(dataset, streams: list[np.ndarray], bar_id: int) -> np.ndarray:
+def fresh_starts(dataset: datasets.Dataset, streams: list[np.ndarray], bar_id: int) -> np.ndarray:
     """Per window, where its bars that no earlier window of the same piece and transposition holds begin.
 
     Windows overlap (a bar is in context_bars / step + 1 of them, 3 by default): counted in full, every n-gram
@@ -307,7 +307,7 @@ def fresh_starts(dataset, streams: list[np.ndarray], bar_id: int) -> np.ndarray:
     return starts
 
 
-def seeded_subset(dataset, n: int | None, seed: int, stream: int):
+def seeded_subset(dataset: datasets.Dataset, n: int | None, seed: int, stream: int) -> datasets.Dataset:
     """At most n windows of the dataset, a fixed random subset (None: all)."""
     if n is None or len(dataset) <= n:
         return dataset
@@ -316,8 +316,8 @@ def seeded_subset(dataset, n: int | None, seed: int, stream: int):
 
 
 def fit_ngram(
-    train_dir, val_dir, tokenizer_path, out_dir, orders: list[int], max_windows: int | None,
-    validation_windows: int | None, seed: int,
+    train_dir: str | Path, val_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path, orders: list[int],
+    max_windows: int | None, validation_windows: int | None, seed: int,
 ) -> dict:  # fmt: skip
     """Fit on the train windows, choose the order on the validation windows, and write `out_dir`: model.npz, the
     tokenizer, and model.json (arch, order, every order's validation NLL), written last."""

@@ -48,7 +48,7 @@ def make_optimizer(
     weight_decay: float,
     betas: tuple[float, float],
     adam_eps: float,
-):
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over `optimizer_groups` and its LambdaLR schedule (`lr_factor`), stepped once per optimiser step."""
     groups = optimizer_groups(model, weight_decay)
     for group in groups:

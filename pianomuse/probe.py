@@ -220,7 +220,7 @@ def probe_figure(
     }
 
 
-def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Sampling, out_dir) -> dict:
+def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Sampling, out_dir: str | Path) -> dict:
     """Probe every sampler on every figure (prompt i sampled with seed + i); write probe.json, probe.md, probe.html
     and prompts/{name}/ into `out_dir`. `completer` is the tokenizer side (prompt ids, decoding) that the samplers
     share."""
@@ -259,7 +259,9 @@ def summarize(prompts: list[dict], systems: list[str], seed: int) -> dict:
     return {name: mean_and_ci([np.mean(p["scores"][name]) for p in prompts], seed) for name in systems}
 
 
-def probe_checkpoint(checkpoints: list, tokenizer, sampling: Sampling, device: str, out_dir) -> dict:
+def probe_checkpoint(
+    checkpoints: list, tokenizer: str | Path | None, sampling: Sampling, device: str, out_dir: str | Path
+) -> dict:
     """`run_probe` on checkpoints of one tokenizer, side by side: the first is the run, the others its baselines
     (tokenizer None: each run's, found beside it; device: cpu, cuda or auto)."""
     device = str(resolve_device(device, 0))

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from symusic import Score
 
 
-def piano_roll(score, continuation_tick: int, path: Path, title: str) -> None:
+def piano_roll(score: Score, continuation_tick: int, path: Path, title: str) -> None:
     """Notes as horizontal bars, pitch against time in quarter notes; a vertical line where the continuation starts."""
     import matplotlib
 

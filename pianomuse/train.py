@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -33,18 +35,21 @@ import datasets
 import numpy as np
 import torch
 import yaml
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pianomuse.batching import batch_loader, epoch_batches, pack_by_length, shard_for_rank, window_lengths
+from pianomuse.batching import Batch, batch_loader, epoch_batches, pack_by_length, shard_for_rank, window_lengths
 from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_resume_point, save_weights
 from pianomuse.devices import resolve_device
 from pianomuse.files import write_json
 from pianomuse.logs import console
+from pianomuse.model import RWKV7Config
 from pianomuse.models import LEGACY_ARCH, arch_of, build_model, model_config as arch_config
 from pianomuse.optim import make_optimizer
 from pianomuse.run_log import LogInterval, MetricsLog, log_line, plot_losses
 from pianomuse.scoring import batch_nll, eval_subset, mean_nll, unigram_nll
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
+from pianomuse.transformer import TransformerConfig
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,10 @@ class NonFiniteGuard:
             )
 
 
-def train_step(model, optimizer, batch, grad_clip: float, autocast, world_size: int) -> tuple[float, float, bool]:
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, grad_clip: float,
+    autocast: Callable[[], AbstractContextManager], world_size: int,
+) -> tuple[float, float, bool]:  # fmt: skip
     """Forward, backward, clip and update; returns (loss, grad norm, updated). A non-finite step updates nothing."""
     optimizer.zero_grad(set_to_none=True)
     with autocast():
@@ -163,7 +171,7 @@ def seed_everything(seed: int) -> None:
 class RunData:
     """The train and validation windows of a run and their token-budget batches (this rank's share of each epoch)."""
 
-    def __init__(self, settings: TrainSettings, ranks: Ranks, train_dir, val_dir, pad_id: int):
+    def __init__(self, settings: TrainSettings, ranks: Ranks, train_dir: str | Path, val_dir: str | Path, pad_id: int):
         self.settings, self.ranks, self.pad_id = settings, ranks, pad_id
         self.train_ds, self.val_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(val_dir))
         self.train_lengths, self.val_lengths = window_lengths(self.train_ds), window_lengths(self.val_ds)
@@ -179,14 +187,14 @@ class RunData:
         batches = epoch_batches(self.train_lengths, s.batch_tokens, s.seed, epoch, s.bucket_windows)
         return shard_for_rank(batches, self.ranks.rank, self.ranks.world_size)
 
-    def train_loader(self, batches: list[list[int]]):
+    def train_loader(self, batches: list[list[int]]) -> DataLoader:
         return batch_loader(self.train_ds, batches, self.pad_id, self.settings.num_workers, self.settings.loss)
 
-    def val_loader(self, batches: list[list[int]]):
+    def val_loader(self, batches: list[list[int]]) -> DataLoader:
         return batch_loader(self.val_ds, batches, self.pad_id, self.settings.num_workers, scored="completion")
 
 
-def model_config(config: dict, vocab_size: int):
+def model_config(config: dict, vocab_size: int) -> RWKV7Config | TransformerConfig:
     """The config of the model that `model.arch` names (RWKV-7 or the same-size Transformer)."""
     model, train = config["model"], config["train"]
     return arch_config(
@@ -246,9 +254,15 @@ class TrainingRun:
     """One run in `run_dir`: its model and optimiser, built fresh or resumed from the last checkpoint."""
 
     def __init__(
-        self, settings: TrainSettings, ranks: Ranks, data: RunData, model_config, run_dir: Path, tokenizer_hash: str,
+        self,
+        settings: TrainSettings,
+        ranks: Ranks,
+        data: RunData,
+        model_config: RWKV7Config | TransformerConfig,
+        run_dir: Path,
+        tokenizer_hash: str,
         fingerprint: str,
-    ):  # fmt: skip
+    ):
         self.settings, self.ranks, self.data, self.run_dir = settings, ranks, data, run_dir
         device = ranks.device
         self.autocast = partial(
@@ -300,7 +314,7 @@ class TrainingRun:
         p = self.position
         print(f"resuming {self.run_dir} at step {p.step} (epoch {p.epoch}, batch {p.batch_in_epoch})", file=sys.stderr)
 
-    def prepare_folder(self, config: dict, tokenizer_path) -> None:
+    def prepare_folder(self, config: dict, tokenizer_path: str | Path) -> None:
         """Rank 0: the run's config and its own tokenizer (a run folder is all `pianomuse complete` needs), the
         metrics log, and a line about the model."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -329,7 +343,7 @@ class TrainingRun:
         }
         save_resume_point(self.raw_model, {**self.info, "step": p.step, "metrics": extra_metrics}, state, self.run_dir)
 
-    def step(self, batch, batches_in_epoch: int) -> tuple[float, float, bool]:
+    def step(self, batch: Batch, batches_in_epoch: int) -> tuple[float, float, bool]:
         """One optimiser step on `batch`, and the run's position after it; returns (loss, grad norm, updated)."""
         s, p = self.settings, self.position
         loss, grad_norm, finite = train_step(
@@ -452,7 +466,9 @@ def train(
 # Entry points: in-process for one device, torchrun for several
 
 
-def launch(config: dict, train_dir, val_dir, tokenizer_path, run_dir) -> None:
+def launch(
+    config: dict, train_dir: str | Path, val_dir: str | Path, tokenizer_path: str | Path, run_dir: str | Path
+) -> None:
     """Train on `train.devices` devices: in this process for one, under torchrun (DDP) for more."""
     devices = config["train"]["devices"]
     if devices == 1:

@@ -16,9 +16,11 @@ import subprocess
 import sys
 import sysconfig
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from types import ModuleType
 
 import torch
 
@@ -81,7 +83,7 @@ def staged_sources(device_type: str, build_dir: str | os.PathLike) -> list[Path]
 
 
 @contextmanager
-def exclusive_build(directory: Path):
+def exclusive_build(directory: Path) -> Iterator[None]:
     """Holds an OS lock on `directory` for one build, and clears a lock file a killed build left behind.
 
     cpp_extension guards a build folder with a plain `lock` file and waits, silently and forever, while it exists:
@@ -128,7 +130,7 @@ def _compile(device_type: str, build_dir: Path, verbose: bool):
         )
 
 
-def load_kernel(device_type: str, build_dir: str | os.PathLike | None = None, verbose: bool = False):
+def load_kernel(device_type: str, build_dir: str | os.PathLike | None = None, verbose: bool = False) -> ModuleType:
     """The compiled kernel module for "cpu" or "cuda", built (or reused) on first call and cached per process."""
     directory = Path(build_dir) if build_dir is not None else default_build_dir()
     key = (device_type, str(directory.resolve()))

@@ -5,6 +5,9 @@ The check of the whole-model decoding step builds a model, so it lives above the
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from types import ModuleType
+
 import torch
 import torch.nn.functional as F
 
@@ -16,7 +19,10 @@ INPUT_NAMES = ("r", "w", "k", "v", "a", "b", "state")
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
-def random_wkv7_inputs(batch, steps, heads, size, *, device="cpu", dtype=torch.float32, seed=0, with_state=True):
+def random_wkv7_inputs(
+    batch: int, steps: int, heads: int, size: int, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+    seed: int = 0, with_state: bool = True,
+) -> dict[str, torch.Tensor | None]:  # fmt: skip
     """RWKV-7-like inputs that keep the state bounded: decay exp(w) in (0, 1), a = -kk and b = kk * iclr with kk
     L2-normalised per head and iclr in (0, 1). Returns a dict of r, w, k, v, a, b (dtype) and state (fp32 or None)."""
     generator = torch.Generator().manual_seed(seed)
@@ -40,7 +46,7 @@ def random_wkv7_inputs(batch, steps, heads, size, *, device="cpu", dtype=torch.f
     return inputs
 
 
-def outputs_and_grads(fn, inputs: dict, seed: int = 1) -> dict:
+def outputs_and_grads(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]], inputs: dict, seed: int = 1) -> dict:
     """y, the final state and the gradients of every input of `fn` for a fixed random linear loss, as fp32."""
     leaves = {name: x.detach().clone().requires_grad_(True) for name, x in inputs.items() if x is not None}
     y, state = fn(**{name: leaves.get(name) for name in INPUT_NAMES})
@@ -61,7 +67,10 @@ def relative_errors(results: dict, reference: dict) -> dict[str, float]:
     }
 
 
-def check_kernel(kernel, device_type: str, dtype: torch.dtype, shape=(2, 40, 3, 64), seed: int = 0) -> dict:
+def check_kernel(
+    kernel: ModuleType, device_type: str, dtype: torch.dtype, shape: tuple[int, int, int, int] = (2, 40, 3, 64),
+    seed: int = 0,
+) -> dict:  # fmt: skip
     """Compares a kernel module (forward, final state, all gradients) with the twin on one random problem."""
     inputs = random_wkv7_inputs(*shape, device=device_type, dtype=dtype, seed=seed)
     reference = outputs_and_grads(wkv7_reference, inputs)
@@ -78,7 +87,9 @@ def check_kernel(kernel, device_type: str, dtype: torch.dtype, shape=(2, 40, 3, 
     }
 
 
-def check_token_mix(kernel, shape=(3, 70, 96), mixes: int = 6, seed: int = 0) -> dict:
+def check_token_mix(
+    kernel: ModuleType, shape: tuple[int, int, int] = (3, 70, 96), mixes: int = 6, seed: int = 0
+) -> dict:
     """Compares the fused token-shift mixes (outputs and the gradients of x, x_prev and the mixes) with the twin on
     one random problem whose row blocks straddle sequences."""
     generator = torch.Generator().manual_seed(seed)
