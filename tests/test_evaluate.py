@@ -105,22 +105,10 @@ def test_ratios_against_an_empty_truth_are_nan_and_left_out_of_means():
 
 
 # Bars of an A-minor figure: A C E held, a passing G# (the leading tone), then the tune down to A.
-A_MINOR = score_of(
-    [
-        (0, 2, 57, 64),
-        (0, 4, 45, 64),
-        (2, 1, 60, 64),
-        (3, 1, 64, 64),
-        (4, 1, 68, 64),
-        (5, 1, 69, 64),
-        (6, 1, 67, 64),
-        (7, 1, 65, 64),
-        (8, 1, 64, 64),
-        (9, 1, 62, 64),
-        (10, 1, 60, 64),
-        (11, 2, 57, 64),
-    ]
-)
+A_MINOR = score_of([
+    (0, 2, 57, 64), (0, 4, 45, 64), (2, 1, 60, 64), (3, 1, 64, 64), (4, 1, 68, 64), (5, 1, 69, 64),
+    (6, 1, 67, 64), (7, 1, 65, 64), (8, 1, 64, 64), (9, 1, 62, 64), (10, 1, 60, 64), (11, 2, 57, 64),
+])  # fmt: skip
 
 
 def transposed(score: Score, semitones: int) -> Score:

@@ -33,10 +33,17 @@ def test_atomic_write_replaces_the_file_and_a_failure_keeps_the_old_one(tmp_path
     assert [p.name for p in path.parent.iterdir()] == ["a.json"]
 
 
-def test_atomic_folder_replaces_the_whole_folder(tmp_path):
+@pytest.fixture
+def previous(tmp_path) -> Path:
+    """A folder a previous run wrote."""
     out = tmp_path / "dataset"
     out.mkdir()
     (out / "old.arrow").write_text("old")
+    return out
+
+
+def test_atomic_folder_replaces_the_whole_folder(previous, tmp_path):
+    out = previous
 
     def write(folder: Path):
         (folder / "new.arrow").write_text("new")
@@ -59,10 +66,8 @@ def test_atomic_folder_can_rename_a_folder_inside_the_temporary_one(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maestro"]  # the zip went with the temporary folder
 
 
-def test_a_failed_atomic_folder_keeps_the_previous_one_and_no_temporary_folder(tmp_path):
-    out = tmp_path / "dataset"
-    out.mkdir()
-    (out / "old.arrow").write_text("old")
+def test_a_failed_atomic_folder_keeps_the_previous_one_and_no_temporary_folder(previous, tmp_path):
+    out = previous
 
     def half(folder: Path):
         (folder / "new.arrow").write_text("ha")
