@@ -5,10 +5,13 @@
 # for another. Switching preset or settings and back reruns nothing and deletes nothing; each configuration's
 # data stays beside the others'.
 
+import glob
+import hashlib
 import os
 
 from snakemake.exceptions import WorkflowError
 
+import pianomuse
 from pianomuse.config import ConfigError, check_run_data, data_folders, run_data_record
 from pianomuse.maestro import SPLITS
 
@@ -73,3 +76,23 @@ def window_sources(wildcards):
 
 def train_gpus(config):
     return 0 if config["train"]["device"] == "cpu" else config["train"]["devices"]
+
+
+# The kernel sources, the ops and their build and checks, and the stage that checks the whole-model decoding step
+# on top of them: those of the pianomuse this workflow imports (a checkout, or an installed wheel).
+KERNEL_FILES = sorted(
+    path
+    for pattern in ["kernels/csrc/*", "kernels/*.py", "kernel_record.py", "decode_step.py"]
+    for path in glob.glob(os.path.join(os.path.dirname(pianomuse.__file__), pattern))
+)
+
+
+def kernel_files_digest():
+    """A hash of the names and contents of KERNEL_FILES: the kernels rule reruns when it changes, wherever the
+    package and the workflow live (a moved or copied checkout, with its results/, finds its kernels up to date)."""
+    digest = hashlib.sha256()
+    for path in KERNEL_FILES:
+        with open(path, "rb") as source:
+            digest.update(f"{os.path.basename(path)}\0".encode())
+            digest.update(source.read())
+    return digest.hexdigest()
