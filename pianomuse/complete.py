@@ -190,7 +190,9 @@ class Completer:
         return SYSTEM_NAMES[arch_of(self.model)]
 
     @classmethod
-    def load(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):
+    def load(
+        cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"
+    ) -> Completer:
         """A checkpoint (`{name}.pth`, or an n-gram's `{name}.npz`) with its `{name}.json`, which names the arch, or a
         run folder (its `best.pth`); the tokenizer is the run's (beside the checkpoint) unless given, and must be the
         one the checkpoint was trained with."""

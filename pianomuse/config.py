@@ -62,7 +62,7 @@ DATA_STAGES = {
 }
 
 
-def settings_key(settings) -> str:
+def settings_key(settings: object) -> str:
     """A short, stable name for a set of settings: 10 hex digits of the SHA-256 of their canonical JSON."""
     canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]

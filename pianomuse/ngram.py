@@ -214,7 +214,7 @@ class NgramModel:
             if k > 1:
                 arrays[f"probs_{k}"], arrays[f"gammas_{k}"] = self.probs[k - 2], self.gammas[k - 2]
 
-        def write(tmp):
+        def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
 

@@ -203,13 +203,13 @@ def report_tables(results: dict) -> list[Table]:
     return tables
 
 
-def markdown_cell(cell) -> str:
+def markdown_cell(cell: str | tuple[str, str]) -> str:
     if isinstance(cell, tuple):
         return f"![{Path(cell[1]).stem}]({cell[1]})"
     return str(cell).replace("|", "\\|")
 
 
-def html_cell(cell) -> str:
+def html_cell(cell: str | tuple[str, str]) -> str:
     if isinstance(cell, tuple):
         return f'<img src="{html.escape(cell[1])}" width="480" alt="{html.escape(Path(cell[1]).stem)}">'
     return html.escape(str(cell))

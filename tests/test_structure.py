@@ -19,10 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "pianomuse"
 
 LAYERS = {  # lowest first; module names without the leading "pianomuse."
-    "helpers": "(package) batching config devices files flops logs metrics optim remi report run_log sampling scoring "
+    "helpers": "(package) batching config devices files logs metrics optim remi report run_log sampling scoring "
     "startup tokenizer",
     "kernels": "kernels kernels.build kernels.checks kernels.token_mix kernels.toolchain kernels.wkv7",
-    "model": "model decode_step transformer ngram decoding models checkpoint",
+    "model": "model decode_step transformer ngram decoding models checkpoint flops",
     "stages": "maestro tokens augment windows kernel_record train complete evaluate probe",
     "front end": "cli",
 }

@@ -102,7 +102,7 @@ def exclusive_build(directory: Path) -> Iterator[None]:
         yield
 
 
-def _compile(device_type: str, build_dir: Path, verbose: bool):
+def _compile(device_type: str, build_dir: Path, verbose: bool) -> ModuleType:
     from torch.utils import cpp_extension
 
     if device_type not in SOURCES:

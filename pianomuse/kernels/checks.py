@@ -28,7 +28,7 @@ def random_wkv7_inputs(
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, steps, heads, size)
 
-    def randn(*dims):
+    def randn(*dims: int) -> torch.Tensor:
         return torch.randn(*dims, generator=generator)
 
     kk = F.normalize(randn(*shape), dim=-1)
@@ -100,7 +100,7 @@ def check_token_mix(
         torch.rand(mixes, channels, generator=generator),
     ]
 
-    def run(fn):
+    def run(fn: Callable[..., tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
         leaves = [x.clone().requires_grad_(True) for x in inputs]
         outputs = fn(*leaves)
         weights = torch.Generator().manual_seed(seed + 1)
