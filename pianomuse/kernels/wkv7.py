@@ -16,6 +16,7 @@ import warnings
 from types import ModuleType
 
 import torch
+from torch import Tensor
 from torch.autograd.function import FunctionCtx
 
 _STATE_DTYPE = torch.float32
@@ -26,14 +27,8 @@ _fallback_warned = False
 
 
 def _rwkv7_step(
-    r: torch.Tensor,
-    w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    state: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor
+) -> tuple[Tensor, Tensor]:
     """One step of the recurrence in fp32 on [B, H, N] inputs and a [B, H, N, N] state; returns (y, state)."""
     r, w, k, v, a, b = (x.to(_STATE_DTYPE) for x in (r, w, k, v, a, b))
     state_a = torch.einsum("bhij,bhj->bhi", state, a)
@@ -51,14 +46,8 @@ def _initial_state(r: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
 
 
 def wkv7_reference(
-    r: torch.Tensor,
-    w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The pure-PyTorch twin: a plain loop over T in fp32, differentiable by autograd. Returns (y, final state)."""
     state = _initial_state(r, state)
     outputs = []
@@ -74,16 +63,9 @@ class _WKV7Function(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx: FunctionCtx,
-        kernel: ModuleType,
-        r: torch.Tensor,
-        w: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        a: torch.Tensor,
-        b: torch.Tensor,
-        state0: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx: FunctionCtx, kernel: ModuleType, r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
+        state0: Tensor,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
         y, state_out, checkpoints = kernel.forward(r, w, k, v, a, b, state0)
         ctx.kernel = kernel
         ctx.save_for_backward(r, w, k, v, a, b, checkpoints)
@@ -112,15 +94,8 @@ def _kernel_inputs(tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
 
 
 def wkv7_compiled(
-    kernel: ModuleType,
-    r: torch.Tensor,
-    w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    kernel: ModuleType, r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """wkv7 through a given compiled kernel module (no fallback); see `wkv7`. y comes back in r's dtype."""
     tensors = (r, w, k, v, a, b)
     if len({x.shape for x in tensors}) != 1 or r.dim() != 4:
@@ -156,14 +131,8 @@ def compiled_kernel(device_type: str) -> ModuleType | None:
 
 
 def wkv7(
-    r: torch.Tensor,
-    w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    state: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The WKV-7 recurrence over [B, T, H, N] inputs; returns (y in the input dtype, final state [B, H, N, N] fp32).
 
     CUDA tensors run the CUDA kernel, CPU tensors the C++ kernel; if that kernel cannot be built or loaded this
@@ -175,15 +144,7 @@ def wkv7(
     return wkv7_compiled(kernel, r, w, k, v, a, b, state)
 
 
-def wkv7_step(
-    r: torch.Tensor,
-    w: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    a: torch.Tensor,
-    b: torch.Tensor,
-    state: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def wkv7_step(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
     """One recurrence step for RNN-mode decoding: [B, H, N] inputs, [B, H, N, N] fp32 state -> (y, new state).
 
     On CUDA, outside autograd, this runs the single-step kernel; otherwise it is plain torch (differentiable).
