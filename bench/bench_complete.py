@@ -34,30 +34,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from symusic import Score
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # tests/midi_factory.py for the synthetic fallback prompt
-
 from pianomuse.complete import Completer, Sampling  # noqa: E402
-from pianomuse.kernels.decode import decode_step_for  # noqa: E402
+from pianomuse.config import load_config  # noqa: E402
+from pianomuse.decode_step import decode_step_for  # noqa: E402
 from pianomuse.model import RWKV7, RWKV7Config, load_rwkv_pth, save_rwkv_pth  # noqa: E402
+from pianomuse.probe import probe_figures  # noqa: E402
 from pianomuse.tokenizer import build_tokenizer, load_tokenizer  # noqa: E402
 
-MAESTRO = Path("/work/shared/data/maestro-v3.0.0")
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = load_config(REPO / "config.yaml")
 
 
-def prompt_score(min_bars: int) -> tuple[Score, str]:
-    """The first MAESTRO piece (sorted paths, so the same one every run) with enough bars, else a synthetic one."""
-    if MAESTRO.is_dir():
-        for path in sorted(MAESTRO.rglob("*.mid*")):
+def prompt_score(maestro: Path, min_bars: int) -> tuple[Score, str]:
+    """The first MAESTRO piece (sorted paths, so the same one every run) with enough notes, else the probe's first
+    figure (a C major arpeggio) repeated."""
+    if maestro.is_dir():
+        for path in sorted(maestro.rglob("*.mid*")):
             score = Score(str(path))
             if score.tracks and len(score.tracks[0].notes) > 200:
-                return score, f"MAESTRO {path.relative_to(MAESTRO)}"
-    from tests.midi_factory import make_piano_score
-
-    return make_piano_score(bars=min_bars + 8, notes_per_bar=16, seed=0), "synthetic make_piano_score"
+                return score, f"MAESTRO {path.relative_to(maestro)}"
+    return probe_figures()[0].score(min_bars + 8), f"the probe's first figure ({maestro} not found)"
 
 
 def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
@@ -72,10 +70,12 @@ def sample_top_p(logits: torch.Tensor, temperature: float, top_p: float, generat
 
 def bench_forked_vs_rwkv_package(args, checkpoint: Path, tokenizer) -> None:
     completer = Completer(load_rwkv_pth(checkpoint), tokenizer)
-    score, source = prompt_score(args.prompt_bars)
+    score, source = prompt_score(args.maestro_dir, args.prompt_bars)
     prompt = completer.prompt_ids(score, args.prompt_bars)
-    print(f"\n[1] K={args.samples} samples x {args.bars} bars after a {args.prompt_bars}-bar prompt "
-          f"({len(prompt)} tokens, {source})")
+    print(
+        f"\n[1] K={args.samples} samples x {args.bars} bars after a {args.prompt_bars}-bar prompt "
+        f"({len(prompt)} tokens, {source})"
+    )
 
     completer.generate(prompt, Sampling(bars=1), progress=False)  # warm-up: first-call allocations out of the timing
     sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, seed=0)
@@ -106,15 +106,22 @@ def bench_forked_vs_rwkv_package(args, checkpoint: Path, tokenizer) -> None:
     ours_s, theirs_s = min(ours_times), min(theirs_times)
     theirs_tokens = args.samples * tokens_each
 
-    print(f"tokens per sample: ours {min(lengths)}..{max(lengths)} (mean {np.mean(lengths):.1f}), "
-          f"theirs {tokens_each} each")
+    print(
+        f"tokens per sample: ours {min(lengths)}..{max(lengths)} (mean {np.mean(lengths):.1f}), "
+        f"theirs {tokens_each} each"
+    )
     print(f"{'':44}{'seconds':>10}{'tokens':>9}{'tokens/s':>11}")
-    print(f"{'pianomuse Completer (1 prefill, batched K)':44}{ours_s:>10.2f}{ours_tokens:>9}"
-          f"{ours_tokens / ours_s:>11.1f}")
-    print(f"{'rwkv package, K sequential generations':44}{theirs_s:>10.2f}{theirs_tokens:>9}"
-          f"{theirs_tokens / theirs_s:>11.1f}")
-    print(f"speed-up (theirs s / ours s, best of {args.repeats} each, token counts {theirs_tokens}/{ours_tokens}): "
-          f"{theirs_s / ours_s:.2f}x (goal >= 5x)")
+    print(
+        f"{'pianomuse Completer (1 prefill, batched K)':44}{ours_s:>10.2f}{ours_tokens:>9}{ours_tokens / ours_s:>11.1f}"
+    )
+    print(
+        f"{'rwkv package, K sequential generations':44}{theirs_s:>10.2f}{theirs_tokens:>9}"
+        f"{theirs_tokens / theirs_s:>11.1f}"
+    )
+    print(
+        f"speed-up (theirs s / ours s, best of {args.repeats} each, token counts {theirs_tokens}/{ours_tokens}): "
+        f"{theirs_s / ours_s:.2f}x (goal >= 5x)"
+    )
 
 
 def fastest_ms_per_step(decoders: list, steps: int, rounds: int = 8) -> list[float]:
@@ -137,7 +144,7 @@ def rwkv_decoder(model: RWKV7, prompt: torch.Tensor, chunk: int):
     # Prefill in chunks carrying the state: same result as one forward, bounded activation memory.
     state = None
     for begin in range(0, prompt.shape[1], chunk):
-        logits, state = model(prompt[:, begin:begin + chunk], state, return_state=True)
+        logits, state = model(prompt[:, begin : begin + chunk], state, return_state=True)
     token = logits[:, -1].argmax(-1)
     step = decode_step_for(model)
 
@@ -155,7 +162,7 @@ def gpt2_decoder(model, prompt: torch.Tensor, chunk: int):
     """The same for GPT-2: chunked prefill into the KV cache; each token then attends over the whole cache."""
     past = None
     for begin in range(0, prompt.shape[1], chunk):
-        out = model(prompt[:, begin:begin + chunk], past_key_values=past, use_cache=True)
+        out = model(prompt[:, begin : begin + chunk], past_key_values=past, use_cache=True)
         past = out.past_key_values
     token = out.logits[:, -1].argmax(-1, keepdim=True)
 
@@ -171,16 +178,26 @@ def gpt2_decoder(model, prompt: torch.Tensor, chunk: int):
 
 def bench_latency_vs_prompt_length(args, checkpoint: Path, vocab_size: int) -> None:
     lengths = args.prompt_lengths
-    print(f"\n[2] decode latency, batch 1, {args.steps} steps after each prompt in 8 rounds taking the prompt lengths "
-          "in turn, the fastest round's ms/token (prefill not timed)")
+    print(
+        f"\n[2] decode latency, batch 1, {args.steps} steps after each prompt in 8 rounds taking the prompt lengths "
+        "in turn, the fastest round's ms/token (prefill not timed)"
+    )
     rwkv = load_rwkv_pth(checkpoint).eval()
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
 
         torch.manual_seed(0)
-        gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=6, n_embd=256, n_head=4, vocab_size=vocab_size,
-                                          n_positions=max(lengths) + args.steps,
-                                          bos_token_id=None, eos_token_id=None)).eval()
+        gpt2 = GPT2LMHeadModel(
+            GPT2Config(
+                n_layer=6,
+                n_embd=256,
+                n_head=4,
+                vocab_size=vocab_size,
+                n_positions=max(lengths) + args.steps,
+                bos_token_id=None,
+                eos_token_id=None,
+            )
+        ).eval()
     except ImportError:
         gpt2 = None
         print("GPT-2: skipped: pip install transformers")
@@ -193,11 +210,15 @@ def bench_latency_vs_prompt_length(args, checkpoint: Path, vocab_size: int) -> N
     else:
         gpt2_ms = [float("nan")] * len(lengths)
 
-    print(f"{'prompt tokens':>14}{'RWKV-7 ms/tok':>15}{'vs first':>10}{'GPT-2 ms/tok':>14}{'vs first':>10}"
-          f"{'GPT-2/RWKV':>12}")
+    print(
+        f"{'prompt tokens':>14}{'RWKV-7 ms/tok':>15}{'vs first':>10}{'GPT-2 ms/tok':>14}{'vs first':>10}"
+        f"{'GPT-2/RWKV':>12}"
+    )
     for length, ours, theirs in zip(lengths, rwkv_ms, gpt2_ms):
-        print(f"{length:>14}{ours:>15.2f}{ours / rwkv_ms[0]:>9.2f}x{theirs:>14.2f}"
-              f"{theirs / gpt2_ms[0]:>9.2f}x{theirs / ours:>11.2f}x")
+        print(
+            f"{length:>14}{ours:>15.2f}{ours / rwkv_ms[0]:>9.2f}x{theirs:>14.2f}"
+            f"{theirs / gpt2_ms[0]:>9.2f}x{theirs / ours:>11.2f}x"
+        )
     print(f"RWKV-7 {lengths[0]} -> {lengths[-1]}: {rwkv_ms[-1] / rwkv_ms[0]:.2f}x (goal <= 1.1x)")
 
 
@@ -208,8 +229,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--bars", type=int, default=4)
     parser.add_argument("--prompt-bars", type=int, default=8)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--temperature", type=float, default=Sampling.temperature)
+    parser.add_argument("--top-p", type=float, default=Sampling.top_p)
+    parser.add_argument(
+        "--maestro-dir",
+        type=Path,
+        default=REPO / CONFIG["maestro_dir"],
+        help="MAESTRO v3.0.0, for the prompt of [1] (default: config.yaml's maestro_dir, %(default)s)",
+    )
     parser.add_argument("--prompt-lengths", type=int, nargs="+", default=[256, 4096, 16384])
     parser.add_argument("--steps", type=int, default=256, help="decode steps timed per prompt length")
     parser.add_argument("--chunk", type=int, default=2048, help="prefill chunk (memory bound, not timed)")
@@ -220,19 +247,22 @@ def main() -> None:
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    print(f"machine: {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()}), torch {torch.__version__}, "
-          f"python {sys.version.split()[0]}")
+    print(
+        f"machine: {os.cpu_count()} CPUs (torch threads {torch.get_num_threads()}), torch {torch.__version__}, "
+        f"python {sys.version.split()[0]}"
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.tokenizer:
             tokenizer = load_tokenizer(args.tokenizer)
         else:
-            tokenizer = build_tokenizer(**yaml.safe_load((REPO / "config.yaml").read_text())["tokenizer"])
+            tokenizer = build_tokenizer(**CONFIG["tokenizer"])
         checkpoint = args.checkpoint
         if checkpoint is None:
             checkpoint = Path(tmp) / "random_l6_d256.pth"
-            save_rwkv_pth(RWKV7(RWKV7Config(vocab_size=len(tokenizer), n_layer=6, n_embd=256, head_size=64)),
-                          checkpoint)
+            save_rwkv_pth(
+                RWKV7(RWKV7Config(vocab_size=len(tokenizer), n_layer=6, n_embd=256, head_size=64)), checkpoint
+            )
         print(f"checkpoint: {args.checkpoint or 'random init L6 D256 head 64'}, vocabulary {len(tokenizer)}")
         if args.skip != "forked":
             bench_forked_vs_rwkv_package(args, checkpoint, tokenizer)

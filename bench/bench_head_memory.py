@@ -71,16 +71,20 @@ def measure(args) -> dict:
     """One variant in this process: peak bytes of the model step and of the head + loss."""
     from pianomuse.batching import collate_windows
     from pianomuse.model import RWKV7, RWKV7Config
-    from pianomuse.train import batch_nll
+    from pianomuse.scoring import batch_nll
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     config = RWKV7Config(
-        vocab_size=args.vocab, n_layer=args.n_layer, n_embd=args.n_embd, head_size=64,
+        vocab_size=args.vocab,
+        n_layer=args.n_layer,
+        n_embd=args.n_embd,
+        head_size=64,
         grad_checkpoint=args.grad_checkpoint,
     )
     model = RWKV7(config).to(device)
     completion = int(args.ctx * args.completion_fraction)
+
     def tokens(n):
         return torch.randint(4, args.vocab, (n,)).tolist()
 
@@ -147,9 +151,11 @@ def main() -> None:
     args.vocab = args.vocab or vocab_size()
     results = {}
     for variant in ["full", "sliced"]:
-        command = [sys.executable, __file__, "--variant", variant] + [
-            f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("variant", "grad_checkpoint")
-        ] + (["--grad-checkpoint"] if args.grad_checkpoint else [])
+        command = (
+            [sys.executable, __file__, "--variant", variant]
+            + [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("variant", "grad_checkpoint")]
+            + (["--grad-checkpoint"] if args.grad_checkpoint else [])
+        )
         # A fixed mmap threshold makes glibc return freed blocks at once, so the resident size tracks live tensors.
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
         output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout

@@ -167,8 +167,10 @@ def profile_step(model: RWKV7, idx: torch.Tensor, rows: int) -> None:
     for event in prof.key_averages(group_by_input_shape=True):
         by_part[op_category(event.key, event.input_shapes or [], lora_ranks, c.n_embd)] += event.self_cpu_time_total
     total = sum(by_part.values())
-    print(f"\nProfile of one RWKV-7 training step, L{c.n_layer} D{c.n_embd}, batch {list(idx.shape)}: "
-          f"{total / 1e6:.2f} s of self CPU time")
+    print(
+        f"\nProfile of one RWKV-7 training step, L{c.n_layer} D{c.n_embd}, batch {list(idx.shape)}: "
+        f"{total / 1e6:.2f} s of self CPU time"
+    )
     print(f"{'part':<32}{'seconds':>9}{'share':>8}")
     for part, micros in sorted(by_part.items(), key=lambda item: -item[1]):
         print(f"{part:<32}{micros / 1e6:>9.3f}{micros / total:>8.1%}")
@@ -184,43 +186,62 @@ def measure_rows(args, config: dict, vocab: int, device: torch.device, peaks: li
         torch.manual_seed(0)
         rwkv = RWKV7(RWKV7Config(vocab_size=vocab, n_layer=n_layer, n_embd=n_embd, head_size=head_size)).to(device)
         transformer = CausalTransformer(vocab, n_layer, n_embd, N_HEAD, 4 * n_embd, max(args.ctx)).to(device)
-        print(f"preset {preset}: L{n_layer} D{n_embd}, batch_tokens {batch_tokens}; RWKV-7 head {head_size}, "
-              f"WKV-7 op: {wkv7_op_in_use(rwkv, device)}; Transformer {N_HEAD} heads", flush=True)
+        print(
+            f"preset {preset}: L{n_layer} D{n_embd}, batch_tokens {batch_tokens}; RWKV-7 head {head_size}, "
+            f"WKV-7 op: {wkv7_op_in_use(rwkv, device)}; Transformer {N_HEAD} heads",
+            flush=True,
+        )
         for ctx in args.ctx:
             peaks.append(matmul_peak(device, args.peak_size, repeats=3))
             idx = torch.randint(0, vocab, (max(1, batch_tokens // ctx), ctx), device=device)
             ours, theirs = compare([rwkv, transformer], idx, args.seconds, args.rounds)
-            rows.append({
-                "preset": preset, "shape": f"L{n_layer} D{n_embd}", "ctx": ctx, "batch": idx.size(0),
-                "rwkv": ours, "transformer": theirs,
-                "rwkv_flops": rwkv7_train_flops_per_token(rwkv.config),
-                "transformer_flops": transformer_train_flops_per_token(n_layer, n_embd, 4 * n_embd, vocab, ctx),
-            })
+            rows.append(
+                {
+                    "preset": preset,
+                    "shape": f"L{n_layer} D{n_embd}",
+                    "ctx": ctx,
+                    "batch": idx.size(0),
+                    "rwkv": ours,
+                    "transformer": theirs,
+                    "rwkv_flops": rwkv7_train_flops_per_token(rwkv.config),
+                    "transformer_flops": transformer_train_flops_per_token(n_layer, n_embd, 4 * n_embd, vocab, ctx),
+                }
+            )
             print(f"  ctx {ctx}: RWKV-7 {ours:.0f} tok/s, Transformer {theirs:.0f} tok/s", flush=True)
         if args.profile:
             ctx = args.ctx[0]
-            profile_step(rwkv, torch.randint(0, vocab, (max(1, batch_tokens // ctx), ctx), device=device),
-                         args.profile_rows)
+            profile_step(
+                rwkv, torch.randint(0, vocab, (max(1, batch_tokens // ctx), ctx), device=device), args.profile_rows
+            )
     return rows
 
 
 def print_table(rows: list[dict], peak: float) -> None:
-    print(f"| preset | ctx x batch | RWKV-7 tok/s | RWKV-7 MFU | Transformer tok/s | Transformer MFU "
-          f"| RWKV-7 / Transformer | MFLOP/token RWKV-7, Transformer |")
+    print(
+        "| preset | ctx x batch | RWKV-7 tok/s | RWKV-7 MFU | Transformer tok/s | Transformer MFU "
+        "| RWKV-7 / Transformer | MFLOP/token RWKV-7, Transformer |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['preset']} ({r['shape']}) | {r['ctx']} x {r['batch']} | {r['rwkv']:.0f} "
-              f"| {r['rwkv'] * r['rwkv_flops'] / peak:.1%} | {r['transformer']:.0f} "
-              f"| {r['transformer'] * r['transformer_flops'] / peak:.1%} | {r['rwkv'] / r['transformer']:.2f} "
-              f"| {r['rwkv_flops'] / 1e6:.1f}, {r['transformer_flops'] / 1e6:.1f} |")
+        print(
+            f"| {r['preset']} ({r['shape']}) | {r['ctx']} x {r['batch']} | {r['rwkv']:.0f} "
+            f"| {r['rwkv'] * r['rwkv_flops'] / peak:.1%} | {r['transformer']:.0f} "
+            f"| {r['transformer'] * r['transformer_flops'] / peak:.1%} | {r['rwkv'] / r['transformer']:.2f} "
+            f"| {r['rwkv_flops'] / 1e6:.1f}, {r['transformer_flops'] / 1e6:.1f} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--presets", nargs="+", default=["demo", "default"], help="config.yaml presets")
     parser.add_argument("--ctx", type=int, nargs="+", default=[1024, 2048, 4096])
-    parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()],
-                        help="CPU thread counts to measure, each a table (default: torch's choice)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        nargs="+",
+        default=[torch.get_num_threads()],
+        help="CPU thread counts to measure, each a table (default: torch's choice)",
+    )
     parser.add_argument("--vocab", type=int, default=None, help="default: the configured REMI tokenizer's")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per model and measurement")
@@ -243,8 +264,10 @@ def main() -> None:
         rows = measure_rows(args, config, vocab, device, peaks)
         peaks.append(matmul_peak(device, args.peak_size, repeats=5))
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-        print(f"\nfp32 matmul peak ({args.peak_size}^3 torch.mm, {threads} threads): best {max(peaks) / 1e9:.1f} "
-              f"GFLOP/s, worst {min(peaks) / 1e9:.1f} of {len(peaks)} measurements; load average after: {load}")
+        print(
+            f"\nfp32 matmul peak ({args.peak_size}^3 torch.mm, {threads} threads): best {max(peaks) / 1e9:.1f} "
+            f"GFLOP/s, worst {min(peaks) / 1e9:.1f} of {len(peaks)} measurements; load average after: {load}"
+        )
         print_table(rows, max(peaks))
 
 

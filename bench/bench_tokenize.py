@@ -32,7 +32,18 @@ REPO = Path(__file__).resolve().parents[1]
 def run_snakemake(workdir: Path, cores: int, targets: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "snakemake", *targets, "--configfile", "overrides.yaml", "--cores", str(cores), "--quiet", "all"],
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            *targets,
+            "--configfile",
+            "overrides.yaml",
+            "--cores",
+            str(cores),
+            "--quiet",
+            "all",
+        ],
         cwd=workdir,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -93,12 +104,18 @@ def main() -> None:
 
     loop_rate = notes / loop_seconds
     print(f"# tokenize: {len(manifest)} files, {len(shards)} tokenized, {notes:,} notes")
-    print(f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, python {platform.python_version()}")
+    print(
+        f"# machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"python {platform.python_version()}"
+    )
     print("| run | cores | seconds | notes/s | notes/s per core | per core vs loop |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, cores, seconds in rows:
         rate = notes / seconds
-        print(f"| {name} | {cores} | {seconds:.1f} | {rate:,.0f} | {rate / cores:,.0f} | {rate / cores / loop_rate:.2f}x |")
+        print(
+            f"| {name} | {cores} | {seconds:.1f} | {rate:,.0f} | {rate / cores:,.0f} "
+            f"| {rate / cores / loop_rate:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

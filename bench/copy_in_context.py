@@ -43,7 +43,8 @@ def main() -> None:
         sums, counts = zip(*(bar_nlls(completer, completer.prompt_ids(f.score(BARS), None)) for f in figures))
         per_bar, per_token = np.mean(sums, axis=0), np.sum(sums, axis=0) / np.sum(counts, axis=0)
         print(f"{run}: NLL per bar, bars 1..{BARS - 1}: {' '.join(f'{v:.1f}' for v in per_bar)}")
-        print(f"{run}: NLL per token, bar 1 / 2 / 9-11: {per_token[0]:.3f} / {per_token[1]:.3f} / {per_token[8:].mean():.3f}")
+        first, second, late = per_token[0], per_token[1], per_token[8:].mean()
+        print(f"{run}: NLL per token, bar 1 / 2 / 9-11: {first:.3f} / {second:.3f} / {late:.3f}")
 
 
 if __name__ == "__main__":

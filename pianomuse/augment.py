@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 from miditok import REMI
 
 from pianomuse.files import write_parquet_atomic
+from pianomuse.remi import TempoMarkers, list_array, pitch_token_ids, shard_rows, standalone_bars
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.tokens import TOKEN_SHARD_SCHEMA, list_array, pitch_token_ids
-from pianomuse.windows import TempoMarkers, shard_rows, standalone_bars
+from pianomuse.tokens import TOKEN_SHARD_SCHEMA
 
 # The largest transposition the shift table holds, either way (the config schema allows -12..12).
 MAX_SHIFT = 12
@@ -147,44 +147,51 @@ def piece_rng(seed: int, piece_id: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(hashlib.sha1(piece_id.encode()).digest()[:8], "big")])
 
 
-def loop_rows(tokenizer: REMI, shard: pa.Table, shard_path, loops: Loops, offsets: list[int]) -> pa.Table:
-    """The loop rows (TOKEN_SHARD_SCHEMA) of every piece of an original token shard; a span is drawn among the
-    bars that hold a note each, and a piece with no such span, or a transposition leaving the range, is skipped."""
-    markers = TempoMarkers.of(tokenizer)
-    table = pitch_shift_table(tokenizer)
+def loop_row(
+    ids: np.ndarray, bar_offsets: np.ndarray, has_note: np.ndarray, loops: Loops, rng: np.random.Generator, tables: dict
+) -> tuple[np.ndarray, int, int, int] | None:
+    """One loop of a piece: (its ids, first bar of the span, span bars, transposition), or None when the piece has
+    no span of bars that each hold a note, or the drawn transposition leaves the pitch range."""
+    span = int(rng.choice(loops.span_bars))
+    # Spans whose bars all hold a note: a window of all-but-empty bars teaches nothing.
+    full = np.convolve(has_note.astype(np.int64), np.ones(span, dtype=np.int64), "valid") == span
+    offset = int(rng.choice([0, *tables["offsets"]]))
+    if not full.any():
+        return None
+    first = int(rng.choice(np.flatnonzero(full)))
+    once = standalone_bars(ids, bar_offsets, tables["markers"], first, first + span)
+    looped = transpose_ids(np.tile(once, -(-loops.length_bars // span)), offset, tables["shift"])
+    if looped is None:
+        return None
+    bars = np.flatnonzero(looped == tables["bar_id"])
+    return (looped[: bars[loops.length_bars]] if len(bars) > loops.length_bars else looped), first, span, offset
+
+
+def loop_rows(tokenizer: REMI, shard: pa.Table, shard_path: str | Path, loops: Loops, offsets: list[int]) -> pa.Table:
+    """The loop rows (TOKEN_SHARD_SCHEMA) of every piece of an original token shard, `loops.per_piece` draws each."""
     is_pitch = np.zeros(len(tokenizer.vocab), dtype=bool)
     is_pitch[pitch_token_ids(tokenizer)] = True
-    bar_id = tokenizer.vocab["Bar_None"]
+    tables = {"offsets": offsets, "markers": TempoMarkers.of(tokenizer), "shift": pitch_shift_table(tokenizer),
+              "bar_id": tokenizer.vocab["Bar_None"]}  # fmt: skip
     source_row = {piece_id: r for r, piece_id in enumerate(shard["piece_id"].to_pylist())}
-    rows, ids_column, bars_column = [], [], []
+    rows, ids_column = [], []
     for piece_id, _, ids, bar_offsets in shard_rows(shard_path):
         rng = piece_rng(loops.seed, piece_id)
-        bounds = np.append(bar_offsets, len(ids)).astype(np.int64)
-        has_note = np.add.reduceat(is_pitch[ids].astype(np.int64), bounds[:-1]) > 0 if len(bar_offsets) else []
+        has_note = np.add.reduceat(is_pitch[ids], bar_offsets.astype(np.int64)) > 0 if len(bar_offsets) else np.zeros(0)
         for _ in range(loops.per_piece):
-            span = int(rng.choice(loops.span_bars))
-            # Spans whose bars all hold a note: a window of all-but-empty bars teaches nothing.
-            full = np.convolve(np.asarray(has_note, dtype=np.int64), np.ones(span, dtype=np.int64), "valid") == span
-            offset = int(rng.choice([0, *offsets]))
-            if not full.any():
-                continue
-            first = int(rng.choice(np.flatnonzero(full)))
-            once = standalone_bars(ids, bar_offsets, markers, first, first + span)
-            repeats = -(-loops.length_bars // span)
-            looped = transpose_ids(np.tile(once, repeats), offset, table)
-            if looped is None:
-                continue
-            looped = looped[: np.flatnonzero(looped == bar_id)[loops.length_bars]] if repeats * span > loops.length_bars else looped
-            rows.append((source_row[piece_id], f"{piece_id}{LOOP_MARK}{first}+{span}", offset))
-            ids_column.append(looped)
-            bars_column.append(np.flatnonzero(looped == bar_id).astype(np.uint32))
+            loop = loop_row(ids, bar_offsets, has_note, loops, rng, tables)
+            if loop is not None:
+                looped, first, span, offset = loop
+                rows.append((source_row[piece_id], f"{piece_id}{LOOP_MARK}{first}+{span}", offset))
+                ids_column.append(looped)
     picked = shard.take(pa.array([r for r, _, _ in rows], pa.int64()))
-    picked = picked.set_column(0, "piece_id", pa.array([name for _, name, _ in rows], pa.string()))
-    for name, column in [
-        ("transpose", pa.array(np.array([o for _, _, o in rows], dtype=np.int8))),
-        ("ids", list_array(ids_column, pa.uint16())),
-        ("bar_offsets", list_array(bars_column, pa.uint32())),
-        ("n_notes", pa.array(np.array([int(is_pitch[i].sum()) for i in ids_column], dtype=np.int32))),
-    ]:
+    columns = {
+        "piece_id": pa.array([name for _, name, _ in rows], pa.string()),
+        "transpose": pa.array(np.array([offset for _, _, offset in rows], dtype=np.int8)),
+        "ids": list_array(ids_column, pa.uint16()),
+        "bar_offsets": list_array([np.flatnonzero(i == tables["bar_id"]) for i in ids_column], pa.uint32()),
+        "n_notes": pa.array(np.array([int(is_pitch[i].sum()) for i in ids_column], dtype=np.int32)),
+    }
+    for name, column in columns.items():
         picked = picked.set_column(picked.schema.get_field_index(name), name, column)
     return picked.cast(TOKEN_SHARD_SCHEMA)

@@ -9,13 +9,17 @@ the flat positions whose hidden states reach the head and the tokens they must p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow.compute as pc
 import torch
 
+if TYPE_CHECKING:
+    import datasets
 
-def window_lengths(dataset) -> np.ndarray:
+
+def window_lengths(dataset: datasets.Dataset) -> np.ndarray:
     """Tokens per window (context + completion), read from the Arrow columns without decoding the lists."""
     table = dataset.data
     context = pc.list_value_length(table.column("context_ids")).to_numpy()
@@ -76,7 +80,7 @@ class Batch:
     def padding_fraction(self) -> float:
         return 1.0 - self.real_tokens / self.inputs.numel()
 
-    def to(self, device) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(self.inputs.to(device), self.head_positions.to(device), self.targets.to(device), self.real_tokens)
 
 
@@ -112,7 +116,7 @@ def collate_windows(windows: list[tuple[list[int], list[int]]], pad_id: int, sco
 class WindowBatches(torch.utils.data.Dataset):
     """Item i is the collated batch of window indices `batches[i]`, fetched from the memory-mapped Arrow dataset."""
 
-    def __init__(self, dataset, batches: list[list[int]], pad_id: int, scored: str):
+    def __init__(self, dataset: datasets.Dataset, batches: list[list[int]], pad_id: int, scored: str):
         self.dataset = dataset.select_columns(["context_ids", "completion_ids"])
         self.batches = batches
         self.pad_id = pad_id
@@ -127,7 +131,7 @@ class WindowBatches(torch.utils.data.Dataset):
 
 
 def batch_loader(
-    dataset, batches: list[list[int]], pad_id: int, num_workers: int, scored: str
+    dataset: datasets.Dataset, batches: list[list[int]], pad_id: int, num_workers: int, scored: str
 ) -> torch.utils.data.DataLoader:
     """Batches in the given order. No randomness lives in the loader, so resuming mid-epoch is just a slice."""
     return torch.utils.data.DataLoader(

@@ -1,35 +1,30 @@
 """Checkpoint files of a training run, written atomically so that a kill at any moment leaves a loadable set.
 
-    last.pth / best.pth         model state dict only (RWKV-7: RWKV-LM .pth layout, loadable by the `rwkv` package)
-    last.json / best.json       arch, model config, tokenizer hash, step and metrics of the weights beside them
-    last.state.pt               what resuming needs: weights, optimiser, scheduler, RNG, data position
+last.pth / best.pth         model state dict only (RWKV-7: RWKV-LM .pth layout, loadable by the `rwkv` package)
+last.json / best.json       arch, model config, tokenizer hash, step and metrics of the weights beside them
+last.state.pt               what resuming needs: weights, optimiser, scheduler, RNG, data position
 """
 
 from __future__ import annotations
 
-import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pianomuse.files import atomic_write
+from pianomuse.files import atomic_write, write_json
 from pianomuse.models import save_model
 
 
-def save_torch(obj, path: Path) -> None:
+def save_torch(obj: object, path: Path) -> None:
     atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def save_json(obj: dict, path: Path) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def save_weights(model: torch.nn.Module, info: dict, run_dir: Path, name: str) -> None:
     """`{name}.pth` (fp32 on CPU; RWKV-7's in RWKV-LM's layout) and `{name}.json` (its description)."""
     atomic_write(run_dir / f"{name}.pth", lambda tmp: save_model(model, tmp))
-    save_json(info, run_dir / f"{name}.json")
+    write_json(info, run_dir / f"{name}.json")
 
 
 def rng_states() -> dict:
@@ -49,7 +44,7 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save_resume_point(model, info: dict, training_state: dict, run_dir: Path) -> None:
+def save_resume_point(model: torch.nn.Module, info: dict, training_state: dict, run_dir: Path) -> None:
     """The last checkpoint: `last.state.pt` holds everything resuming needs, the weights included, in one file
     renamed into place at once, so a kill at any moment leaves a consistent resume point. `last.pth`/`last.json`,
     the portable copy, follow it.

@@ -9,10 +9,8 @@ from pathlib import Path
 
 import torch
 
-from pianomuse.complete import Completer, CompletionError, Sampling
-from pianomuse.files import staged_folder
-from pianomuse.probe import DEFAULT_SAMPLING, probe_checkpoint
-from pianomuse.report import piano_roll
+from pianomuse.complete import Completer, CompletionError, Sampling, write_completion
+from pianomuse.probe import probe_checkpoint
 
 USAGE_ERROR = 2
 COMPLETION_ERROR = 1
@@ -21,6 +19,33 @@ CHECKPOINT_HELP = (
     "n-gram {name}.npz, with its {name}.json beside it"
 )
 TOKENIZER_HELP = "the run's tokenizer.json (default: the one beside the checkpoint)"
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser, where: str, seed_help: str) -> None:
+    """--bars, --samples, --temperature, --top-p, --top-k and --seed, defaulting to `Sampling`'s own defaults."""
+    defaults = Sampling()
+    parser.add_argument(
+        "--bars", type=int, default=defaults.bars, help=f"bars to generate {where}, M (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=defaults.samples, help="continuations per prompt, K (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=defaults.temperature,
+        help="sampling temperature, > 0: lower is safer, higher more varied (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-p",
+        type=float,
+        default=defaults.top_p,
+        help="nucleus sampling mass, in (0, 1]; 1 keeps all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--top-k", type=int, default=defaults.top_k, help="sample among the k most likely tokens (default: all)"
+    )
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"{seed_help} (default: %(default)s)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -39,23 +64,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     complete.add_argument("--prompt-bars", type=int, help="prompt = the first N bars (default: the whole file)")
     complete.add_argument("--from-bar", type=int, help="prompt = bars I to J, counted from 1, both included")
     complete.add_argument("--to-bar", type=int, help="the last bar J of the prompt (with --from-bar)")
-    complete.add_argument("--bars", type=int, default=4, help="bars to generate, M (default: %(default)s)")
-    complete.add_argument("--samples", type=int, default=4, help="continuations to generate, K (default: %(default)s)")
-    complete.add_argument(
-        "--temperature", type=float, default=1.0,
-        help="sampling temperature, > 0: lower is safer, higher more varied (default: %(default)s)",
-    )
-    complete.add_argument(
-        "--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1] (default: %(default)s, no cut)"
-    )
-    complete.add_argument("--top-k", type=int, help="sample among the k most likely tokens (default: all)")
-    complete.add_argument(
-        "--seed", type=int, default=0, help="random seed: the same seed gives the same samples (default: %(default)s)"
-    )
+    add_sampling_arguments(complete, "after the prompt", "random seed: the same seed gives the same samples")
     complete.add_argument("--device", default="cpu", help="torch device to decode on, e.g. cuda (default: %(default)s)")
     complete.add_argument(
-        "--threads", type=int, default=1,
-        help="CPU threads (default: %(default)s; threads wait on each other on a busy machine, more help on an idle one)",
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads (default: %(default)s; threads wait on each other on a busy machine, more help on an idle "
+        "one)",
     )
     complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI and PNG files")
 
@@ -64,13 +80,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     probe.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     probe.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
-    defaults = DEFAULT_SAMPLING
-    probe.add_argument("--bars", type=int, default=defaults.bars, help="bars after each prompt, M (%(default)s)")
-    probe.add_argument("--samples", type=int, default=defaults.samples, help="continuations per prompt, K (%(default)s)")
-    probe.add_argument("--temperature", type=float, default=defaults.temperature, help="temperature (%(default)s)")
-    probe.add_argument("--top-p", type=float, default=defaults.top_p, help="nucleus sampling mass, in (0, 1] (%(default)s)")
-    probe.add_argument("--top-k", type=int, default=defaults.top_k, help="sample among the k most likely (default: all)")
-    probe.add_argument("--seed", type=int, default=defaults.seed, help="sampling and bootstrap seed (%(default)s)")
+    add_sampling_arguments(probe, "after each prompt", "sampling (prompt i uses seed + i) and bootstrap seed")
     probe.add_argument("--device", default="cpu", help="cpu, cuda or auto (%(default)s)")
     probe.add_argument("--threads", type=int, default=1, help="CPU threads (%(default)s)")
     probe.add_argument(
@@ -86,15 +96,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def write_outputs(completion, out_dir: Path) -> None:
-    """Every file into a temporary folder beside `out_dir`, then moved in: a failure leaves no partial sample."""
-    with staged_folder(out_dir) as staging:
-        for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
-            full.dump_midi(str(staging / f"sample-{i}.mid"))
-            continuation.dump_midi(str(staging / f"sample-{i}.continuation.mid"))
-            piano_roll(full, completion.continuation_tick, staging / f"sample-{i}.png", f"sample {i}")
-
-
 def complete(args: argparse.Namespace) -> None:
     prompt_bars = args.prompt_bars if args.from_bar is None else (args.from_bar, args.to_bar)
     if not args.prompt.is_file():
@@ -103,7 +104,7 @@ def complete(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     completer = Completer.load(args.checkpoint, args.tokenizer, args.device)
     completion = completer.complete(args.prompt, prompt_bars, sampling)
-    write_outputs(completion, args.output)
+    write_completion(completion, args.output)
     for i, summary in enumerate(completion.summaries):
         print(f"sample-{i}: {summary.notes} notes, {summary.bars} bars, {summary.seconds:.1f} s")
 

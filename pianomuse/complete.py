@@ -17,7 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import torch
@@ -26,7 +26,10 @@ from miditok.utils import compute_ticks_per_bar, get_bars_ticks
 from symusic import Score, TimeSignature, Track
 from tqdm import tqdm
 
+from pianomuse.files import staged_folder
 from pianomuse.models import LEGACY_ARCH, SYSTEM_NAMES, arch_of, decoder_for, load_model
+from pianomuse.remi import RejectedPiece, TempoMarkers, standalone_bars, tokenize_score
+from pianomuse.report import piano_roll
 from pianomuse.sampling import (
     GrammarState,
     GrammarTables,
@@ -37,8 +40,9 @@ from pianomuse.sampling import (
     filter_logits,
 )
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
-from pianomuse.tokens import RejectedPiece, tokenize_score
-from pianomuse.windows import TempoMarkers, standalone_bars
+
+if TYPE_CHECKING:
+    from pianomuse.ngram import NgramModel
 
 # A dense MAESTRO bar is a few hundred tokens; past this the grammar closes the bar (see sampling.py).
 MAX_TOKENS_PER_BAR = 1024
@@ -51,12 +55,16 @@ class CompletionError(Exception):
 
 @dataclass(frozen=True)
 class Sampling:
-    """How continuations are drawn. Checked when made, so that bad settings fail before any work is done."""
+    """How continuations are drawn. Checked when made, so that bad settings fail before any work is done.
+
+    The defaults are the one source of the sampling defaults: `pianomuse complete` and `pianomuse probe` take theirs
+    from here, and config.yaml's `evaluate` and `probe` sections hold the same values (tests/test_config.py).
+    """
 
     bars: int = 4  # M, per continuation
-    samples: int = 1  # K
+    samples: int = 4  # K
     temperature: float = 1.0
-    top_p: float = 1.0
+    top_p: float = 0.95
     top_k: int | None = None
     seed: int = 0
     max_tokens_per_bar: int = MAX_TOKENS_PER_BAR
@@ -162,14 +170,14 @@ def after_prompt(prompt: Score, tick: int, continuation: Score) -> tuple[Score, 
 class Completer:
     """Samples continuations from a model (RWKV-7, Transformer or n-gram: see `pianomuse.models`)."""
 
-    def __init__(self, model, tokenizer: REMI, device: str = "cpu"):
+    def __init__(self, model: torch.nn.Module | NgramModel, tokenizer: REMI, device: str = "cpu"):
         self.decoder = decoder_for(model, device)
         self.tokenizer = tokenizer
         self.grammar = GrammarTables.of(tokenizer)
         self.markers = TempoMarkers.of(tokenizer)
 
     @property
-    def model(self):
+    def model(self) -> torch.nn.Module | NgramModel:
         return self.decoder.model
 
     @property
@@ -182,7 +190,9 @@ class Completer:
         return SYSTEM_NAMES[arch_of(self.model)]
 
     @classmethod
-    def load(cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"):
+    def load(
+        cls, checkpoint_path: str | Path, tokenizer_path: str | Path | None = None, device: str = "cpu"
+    ) -> Completer:
         """A checkpoint (`{name}.pth`, or an n-gram's `{name}.npz`) with its `{name}.json`, which names the arch, or a
         run folder (its `best.pth`); the tokenizer is the run's (beside the checkpoint) unless given, and must be the
         one the checkpoint was trained with."""
@@ -327,3 +337,14 @@ class Completer:
             numerator, denominator = map(int, self.tokenizer[i].removeprefix("TimeSig_").split("/"))
             lengths.append(compute_ticks_per_bar(TimeSignature(0, numerator, denominator), tpq))
         return sum(lengths)
+
+
+def write_completion(completion: Completion, out_dir: str | Path) -> None:
+    """sample-{i}.mid (prompt, then continuation), sample-{i}.continuation.mid and a piano roll sample-{i}.png per
+    sample into `out_dir`. Every file goes into a temporary folder beside it first: a failure leaves no partial
+    sample."""
+    with staged_folder(out_dir) as staging:
+        for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
+            full.dump_midi(str(staging / f"sample-{i}.mid"))
+            continuation.dump_midi(str(staging / f"sample-{i}.continuation.mid"))
+            piano_roll(full, completion.continuation_tick, staging / f"sample-{i}.png", f"sample {i}")

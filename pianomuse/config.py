@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from pianomuse.files import write_json
+
 
 class ConfigError(ValueError):
     pass
@@ -60,7 +62,7 @@ DATA_STAGES = {
 }
 
 
-def settings_key(settings) -> str:
+def settings_key(settings: object) -> str:
     """A short, stable name for a set of settings: 10 hex digits of the SHA-256 of their canonical JSON."""
     canonical = json.dumps(settings, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:10]
@@ -103,9 +105,7 @@ def check_run_data(run_dir: str | Path, record: dict, model: dict) -> None:
     """Raises ConfigError when the run in `run_dir` was started on other data, or with another model, than
     `record` and `model` describe: it could neither resume nor count as done."""
     run_dir = Path(run_dir)
-    fix = (
-        f"choose another train.run, switch the settings back, or delete {run_dir} to train it again from scratch"
-    )
+    fix = f"choose another train.run, switch the settings back, or delete {run_dir} to train it again from scratch"
     recorded = run_dir / RUN_DATA
     if recorded.is_file():
         previous = json.loads(recorded.read_text())
@@ -127,6 +127,4 @@ def check_run_data(run_dir: str | Path, record: dict, model: dict) -> None:
 def record_run_data(run_dir: str | Path, record: dict, model: dict) -> None:
     """Checks the run against `record` (see check_run_data), then writes `record` into the run folder."""
     check_run_data(run_dir, record, model)
-    path = Path(run_dir) / RUN_DATA
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(record, Path(run_dir) / RUN_DATA)

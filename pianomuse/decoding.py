@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import torch
 
-from pianomuse.kernels.decode import decode_step_for
+from pianomuse.decode_step import decode_step_for
 from pianomuse.model import RWKV7, LayerState, State, state_repeat
 
 

@@ -22,16 +22,17 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
-from miditok import TokSequence
+from miditok import REMI, TokSequence
+from symusic import Score
 
 from pianomuse.batching import collate_windows, pack_by_length, window_lengths
-from pianomuse.cli import write_outputs
-from pianomuse.complete import Completer, Sampler, Sampling
+from pianomuse.complete import Completer, Sampler, Sampling, write_completion
+from pianomuse.devices import resolve_device
 from pianomuse.metrics import KEY_NAMES, METRICS, all_metrics, best_key, key_agreement, mean_and_ci, ratio_and_ci
 from pianomuse.ngram import NgramModel
+from pianomuse.remi import pitch_token_ids
 from pianomuse.report import piano_roll, slug, write_report
-from pianomuse.tokens import pitch_token_ids
-from pianomuse.train import batch_nll, eval_subset, resolve_device, unigram_log_probs
+from pianomuse.scoring import batch_nll, eval_subset, unigram_log_probs
 
 UNIGRAM = "unigram"
 REPEAT = "repeat the prompt's last bars"
@@ -42,7 +43,7 @@ TRUTH = "true continuation"
 WindowNLL = Callable[[list[list[int]], list[list[int]]], np.ndarray]
 
 
-def model_window_nll(model, device: torch.device, batch_tokens: int, pad_id: int) -> WindowNLL:
+def model_window_nll(model: torch.nn.Module, device: torch.device, batch_tokens: int, pad_id: int) -> WindowNLL:
     """A causal model's WindowNLL: windows packed by length into batches, only completion positions through the head."""
     autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -63,13 +64,15 @@ def model_window_nll(model, device: torch.device, batch_tokens: int, pad_id: int
     return score
 
 
-def unigram_window_nll(train_ds, vocab_size: int) -> WindowNLL:
+def unigram_window_nll(train_ds: datasets.Dataset, vocab_size: int) -> WindowNLL:
     """The unigram baseline's WindowNLL: train completion-token frequencies, context ignored."""
     log_probs = unigram_log_probs(train_ds, vocab_size)
     return lambda contexts, completions: np.array([-log_probs[np.asarray(m, np.int64)].sum() for m in completions])
 
 
-def nll_results(likelihoods: dict[str, WindowNLL], tokenizer, test_ds, n_windows: int, seed: int) -> dict:
+def nll_results(
+    likelihoods: dict[str, WindowNLL], tokenizer: REMI, test_ds: datasets.Dataset, n_windows: int, seed: int
+) -> dict:
     """NLL per completion token and per note of every likelihood system on a fixed subset of the test windows, with
     bootstrap intervals over the windows."""
     subset = test_ds.select(eval_subset(window_lengths(test_ds), n_windows, seed))
@@ -115,7 +118,7 @@ def repeat_last_bars(ids: list[int], bar_id: int, bars: int) -> list[int]:
     return np.concatenate([ids, *(spans[j % len(spans)] for j in range(bars))]).tolist()
 
 
-def nan_to_none(value):
+def nan_to_none(value: object) -> object:
     """JSON has no NaN (a metric against an empty continuation is one): write null instead."""
     if isinstance(value, dict):
         return {key: nan_to_none(item) for key, item in value.items()}
@@ -126,87 +129,124 @@ def nan_to_none(value):
     return value
 
 
+def check_completion_bars(window: int, completion: list[int], bar_id: int, bars: int) -> None:
+    if completion.count(bar_id) != bars:
+        raise ValueError(
+            f"test window {window} has a {completion.count(bar_id)}-bar completion, not the {bars} bars asked for: "
+            "the windows were built with other settings"
+        )
+
+
+def reference_candidates(completer: Completer, context: list[int], other: dict, bars: int) -> list[tuple[str, Score]]:
+    """The two references every sampled system is compared with: the prompt's last bars again, and the bars of a
+    window of another piece."""
+    bar_id = completer.grammar.bar_id
+    other_ids = list(other["context_ids"]) + list(other["completion_ids"])
+    return [
+        (REPEAT, completer.decode_last_bars(repeat_last_bars(context, bar_id, bars), bars)),
+        (OTHER_PIECE, completer.decode_last_bars(other_ids, bars)),
+    ]
+
+
+def sample_systems(
+    completer: Completer, sampled: dict[str, Sampler], context: list[int], sampling: Sampling, sample_dir: Path,
+    out_dir: Path,
+) -> tuple[list[tuple[str, Score]], dict]:  # fmt: skip
+    """Each sampled system's K continuations of the prompt, written under `sample_dir`: (system, continuation)
+    pairs, and per system what the report shows (bars and REMI errors per sample, the first piano roll)."""
+    bar_id, candidates, samples = completer.grammar.bar_id, [], {}
+    for name, sampler in sampled.items():
+        completion_k = sampler.complete_ids(context, sampling, progress=False)
+        candidates += [(name, continuation) for continuation in completion_k.continuations]
+        write_completion(completion_k, sample_dir / slug(name))
+        samples[name] = {
+            # Measured on the sampled ids: a MIDI file keeps no trailing empty bars to count.
+            "bars": [ids.count(bar_id) for ids in completion_k.continuation_ids],
+            "token_errors": [
+                completer.tokenizer.tokens_errors(TokSequence(ids=context + ids))
+                for ids in completion_k.continuation_ids
+            ],
+            "png": str((sample_dir / slug(name) / "sample-0.png").relative_to(out_dir)),
+        }
+    return candidates, samples
+
+
+def write_truth(completer: Completer, context: list[int], completion: list[int], sample_dir: Path, p: int) -> None:
+    """The prompt with its true continuation, as truth.mid and truth.png beside the samples."""
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    truth_full = completer.tokenizer.decode([context + completion])
+    truth_full.dump_midi(str(sample_dir / "truth.mid"))
+    continuation_tick = completer.bars_ticks(context, truth_full.tpq)
+    piano_roll(truth_full, continuation_tick, sample_dir / "truth.png", f"prompt {p}: true continuation")
+
+
 def evaluate_run(
     cfg: dict,
     bars: int,
     completer: Completer,
     sampled: dict[str, Sampler],
     likelihoods: dict[str, WindowNLL],
-    test_ds,
-    out_dir,
-    probe_dir=None,
+    test_ds: datasets.Dataset,
+    out_dir: str | Path,
+    probe_dir: str | Path | None = None,
 ) -> dict:
     """Everything in the module docstring; returns the results written to metrics.json.
 
     `cfg` is the `evaluate` config section; `bars` the windows' completion bars; `completer` the tokenizer side
     (decoding, the grammar's Bar id), shared by every system; `probe_dir` a folder holding probe.json, or None.
     """
-    out_dir = Path(out_dir)
+    out_dir, seed = Path(out_dir), cfg["seed"]
     results = {
         "run": out_dir.name,
         "continuation_bars": bars,
         "sampled": list(sampled),
-        "nll": nll_results(likelihoods, completer.tokenizer, test_ds, cfg["nll_windows"], cfg["seed"]),
+        "nll": nll_results(likelihoods, completer.tokenizer, test_ds, cfg["nll_windows"], seed),
     }
     piece_ids, bar_id = test_ds["piece_id"], completer.grammar.bar_id
     compared = [*sampled, REPEAT, OTHER_PIECE]
     values = {system: {name: [] for name in METRICS} for system in compared}
     agreement = {system: [] for system in [*compared, TRUTH]}
     prompts = []
-    for p, window in enumerate(choose_prompts(piece_ids, cfg["prompts"], cfg["seed"])):
+    for p, window in enumerate(choose_prompts(piece_ids, cfg["prompts"], seed)):
         row = test_ds[window]
         context, completion = list(row["context_ids"]), list(row["completion_ids"])
-        if completion.count(bar_id) != bars:
-            raise ValueError(
-                f"test window {window} has a {completion.count(bar_id)}-bar completion, not the {bars} bars asked for: "
-                "the windows were built with other settings"
-            )
-        sampling = Sampling(bars, cfg["samples"], cfg["temperature"], cfg["top_p"], cfg["top_k"], cfg["seed"] + p)
-        other = test_ds[other_piece_window(piece_ids, window, np.random.default_rng([cfg["seed"], 3, p]))]
+        check_completion_bars(window, completion, bar_id, bars)
+        sampling = Sampling(bars, cfg["samples"], cfg["temperature"], cfg["top_p"], cfg["top_k"], seed + p)
+        other = test_ds[other_piece_window(piece_ids, window, np.random.default_rng([seed, 3, p]))]
         prompt = completer.tokenizer.decode([context])
         truth = completer.decode_last_bars(context + completion, bars)
         sample_dir = out_dir / "samples" / f"prompt-{p}"
-        candidates = [
-            (REPEAT, completer.decode_last_bars(repeat_last_bars(context, bar_id, bars), bars)),
-            (OTHER_PIECE, completer.decode_last_bars(list(other["context_ids"]) + list(other["completion_ids"]), bars)),
-        ]
-        samples = {}
-        for name, sampler in sampled.items():
-            completion_k = sampler.complete_ids(context, sampling, progress=False)
-            candidates += [(name, continuation) for continuation in completion_k.continuations]
-            write_outputs(completion_k, sample_dir / slug(name))
-            samples[name] = {
-                # Measured on the sampled ids: a MIDI file keeps no trailing empty bars to count.
-                "bars": [ids.count(bar_id) for ids in completion_k.continuation_ids],
-                "token_errors": [
-                    completer.tokenizer.tokens_errors(TokSequence(ids=context + ids))
-                    for ids in completion_k.continuation_ids
-                ],
-                "png": str((sample_dir / slug(name) / "sample-0.png").relative_to(out_dir)),
-            }
-        for system, candidate in candidates:
+        candidates = reference_candidates(completer, context, other, bars)
+        sampled_candidates, samples = sample_systems(completer, sampled, context, sampling, sample_dir, out_dir)
+        for system, candidate in candidates + sampled_candidates:
             for name, value in all_metrics(candidate, truth).items():
                 values[system][name].append(value)
             agreement[system].append(key_agreement(candidate, prompt))
         agreement[TRUTH].append(key_agreement(truth, prompt))
-
-        sample_dir.mkdir(parents=True, exist_ok=True)
-        truth_full = completer.tokenizer.decode([context + completion])
-        truth_full.dump_midi(str(sample_dir / "truth.mid"))
-        piano_roll(truth_full, completer.bars_ticks(context, truth_full.tpq), sample_dir / "truth.png",
-                   f"prompt {p}: true continuation")
+        write_truth(completer, context, completion, sample_dir, p)
         key = best_key(prompt)
-        prompts.append({
-            "piece_id": row["piece_id"], "start_bar": row["start_bar"], "prompt_bars": context.count(bar_id),
-            "prompt_key": None if key is None else KEY_NAMES[key],
-            "samples": samples,
-            "truth_png": str((sample_dir / "truth.png").relative_to(out_dir)),
-        })
+        prompts.append(
+            {
+                "piece_id": row["piece_id"],
+                "start_bar": row["start_bar"],
+                "prompt_bars": context.count(bar_id),
+                "prompt_key": None if key is None else KEY_NAMES[key],
+                "samples": samples,
+                "truth_png": str((sample_dir / "truth.png").relative_to(out_dir)),
+            }
+        )
+    return write_results(results, values, agreement, prompts, seed, out_dir, probe_dir)
 
-    results["key_agreement"] = {system: mean_and_ci(v, cfg["seed"]) for system, v in agreement.items()}
+
+def write_results(
+    results: dict, values: dict, agreement: dict, prompts: list, seed: int, out_dir: Path, probe_dir: str | Path | None
+) -> dict:
+    """The summaries (means and bootstrap intervals) beside the raw values, the probe's results when there are
+    any, into metrics.json and the report."""
+    results["key_agreement"] = {system: mean_and_ci(v, seed) for system, v in agreement.items()}
     results["key_agreement_values"] = agreement
     results["metrics"] = {
-        system: {name: mean_and_ci(v, cfg["seed"]) for name, v in by_name.items()} for system, by_name in values.items()
+        system: {name: mean_and_ci(v, seed) for name, v in by_name.items()} for system, by_name in values.items()
     }
     results["metric_values"] = values
     results["prompts"] = prompts
@@ -228,8 +268,16 @@ def window_nll_of(completer: Completer, batch_tokens: int) -> WindowNLL:
 
 
 def evaluate_checkpoint(
-    cfg: dict, bars: int, device_name: str, batch_tokens: int, run_dir, baselines: list, train_dir, test_dir, out_dir,
-    probe_dir=None,
+    cfg: dict,
+    bars: int,
+    device_name: str,
+    batch_tokens: int,
+    run_dir: str | Path,
+    baselines: list,
+    train_dir: str | Path,
+    test_dir: str | Path,
+    out_dir: str | Path,
+    probe_dir: str | Path | None = None,
 ) -> dict:
     """`evaluate_run` on a run's best.pth and its `baselines` (checkpoint paths: the same-size Transformer's
     best.pth, the n-gram's model.npz), each sampled and scored, with the unigram scored too (`batch_tokens` bounds

@@ -1,8 +1,14 @@
-"""Atomic file writes: a file is written under a temporary name in its folder, then renamed over its path, so that a
-reader (or a rerun after a kill) never sees half a file."""
+"""Atomic writes, the one home of the temp-then-rename pattern: a file or a folder is written under a temporary name
+beside its path, then renamed over it, so that a reader (or a rerun after a kill) never sees half of it.
+
+    atomic_write(path, write)       one file, written by `write(temporary_path)`   (write_json, write_parquet_atomic)
+    atomic_folder(path, write)      one folder, replaced whole                       (datasets, the MAESTRO download)
+    staged_folder(path)             several files moved into a folder that may hold others (samples, reports)
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -38,6 +44,28 @@ def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> None:
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def write_json(obj: object, path: str | Path) -> None:
+    """`obj` as indented JSON, atomically."""
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def atomic_folder(path: str | Path, write: Callable[[Path], Path | None]) -> Path:
+    """Call `write(temporary_folder)` (an empty folder beside `path`), then rename the folder over `path`, replacing
+    what was there. `write` may return a folder inside the temporary one to rename instead (an archive's top folder).
+    On failure nothing at `path` changes and the temporary folder is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's folder is private; the finished one is not
+    try:
+        result = write(staging) or staging
+        shutil.rmtree(path, ignore_errors=True)
+        os.replace(result, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
 
 
 @contextmanager

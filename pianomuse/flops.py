@@ -9,6 +9,11 @@ through the head (1.0 when the loss scores every token of a window).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pianomuse.model import RWKV7Config
+
 TRAIN_MULTIPLIER = 3  # forward + backward (2x forward)
 
 
@@ -37,7 +42,7 @@ def rwkv7_forward_flops(
     }
 
 
-def rwkv7_train_flops_per_token(config, scored_fraction: float = 1.0) -> float:
+def rwkv7_train_flops_per_token(config: RWKV7Config, scored_fraction: float = 1.0) -> float:
     """Training-step FLOPs per token of an `RWKV7Config`."""
     lora = (config.decay_lora, config.iclr_lora, config.value_lora, config.gate_lora)
     parts = rwkv7_forward_flops(

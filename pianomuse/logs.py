@@ -8,6 +8,7 @@ import os
 import sys
 import traceback
 from pathlib import Path
+from types import TracebackType
 from typing import TextIO
 
 _console: TextIO | None = None
@@ -41,7 +42,7 @@ def log_to_file(path: str | Path) -> logging.Logger:
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
 
-    def report(kind, error, tb):
+    def report(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
         traceback.print_exception(kind, error, tb, file=sys.stderr)
         print(f"{kind.__name__}: {error}\n(traceback in {path})", file=_console)
 

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import tempfile
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from pianomuse.files import write_parquet_atomic
+from pianomuse.files import atomic_folder, write_parquet_atomic
 
-MAESTRO_V3_MIDI_URL = "https://storage.googleapis.com/magentadata/datasets/maestro/v3.0.0/maestro-v3.0.0-midi.zip"
 # SHA-256 of the official MIDI-only zip (58,416,533 bytes), as MusPy's MAESTRODatasetV3 pins it.
 MAESTRO_V3_MIDI_SHA256 = "70470ee253295c8d2c71e6d9d4a815189e35c89624b76d22fce5a019d5dde12c"
 METADATA_CSV = "maestro-v3.0.0.csv"
-SPLITS = ("train", "validation", "test")
+SPLITS = ("train", "validation", "test")  # the csv's `split` values; the workflow's split list (common.smk) too
 CSV_COLUMNS = ["canonical_composer", "canonical_title", "split", "year", "midi_filename", "duration"]
 
 MANIFEST_SCHEMA = pa.schema(
@@ -42,33 +40,31 @@ DOWNLOAD_CHUNK_BYTES = 1 << 20
 def download_maestro(url: str, sha256: str, dest_dir: str | Path) -> Path:
     """Download the MAESTRO zip, check its SHA-256 and unpack it so that `dest_dir` holds the csv and year folders.
 
-    Everything happens in temporary files beside `dest_dir`, which appears by one rename at the end:
+    Everything happens in a temporary folder beside `dest_dir`, which appears by one rename at the end:
     a failed or interrupted run leaves no half folder behind.
     """
     dest_dir = Path(dest_dir)
     if dest_dir.exists():
         raise FileExistsError(f"{dest_dir} already exists; remove it to download MAESTRO again")
-    dest_dir.parent.mkdir(parents=True, exist_ok=True)
-    zip_file = tempfile.NamedTemporaryFile(dir=dest_dir.parent, prefix=f".{dest_dir.name}.", suffix=".zip", delete=False)
-    unpack_dir = Path(tempfile.mkdtemp(dir=dest_dir.parent, prefix=f".{dest_dir.name}."))
-    try:
-        with zip_file:
+
+    def download_and_unpack(staging: Path) -> Path:
+        zip_path = staging / "download.zip"
+        with open(zip_path, "wb") as zip_file:
             actual = stream_to_file(url, zip_file)
         if actual != sha256.lower():
             raise ValueError(
                 f"checksum mismatch for {url}: expected sha256 {sha256.lower()}, got {actual}; "
                 f"the download was discarded and {dest_dir} not created"
             )
-        with zipfile.ZipFile(zip_file.name) as archive:
-            archive.extractall(unpack_dir)
-        os.replace(dataset_root(unpack_dir, url), dest_dir)
-    finally:
-        os.unlink(zip_file.name)
-        shutil.rmtree(unpack_dir, ignore_errors=True)
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(staging / "unpacked")
+        return dataset_root(staging / "unpacked", url)
+
+    atomic_folder(dest_dir, download_and_unpack)
     return dest_dir
 
 
-def stream_to_file(url: str, file) -> str:
+def stream_to_file(url: str, file: BinaryIO) -> str:
     """Copy `url` into the open binary `file` chunk by chunk; returns the SHA-256 of what was written."""
     digest = hashlib.sha256()
     try:

@@ -11,6 +11,8 @@ too, and a model that ignores the prompt scores near chance (7 of 12 pitch class
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from miditok.utils import compute_ticks_per_bar
 from symusic import Score, TimeSignature
@@ -221,7 +223,7 @@ def all_metrics(candidate: Score, truth: Score) -> dict[str, float]:
     return {name: function(candidate, truth) for name, (function, _) in METRICS.items()}
 
 
-def mean_and_ci(values, seed: int, resamples: int = 2000) -> tuple[float, float, float, int]:
+def mean_and_ci(values: Sequence[float], seed: int, resamples: int = 2000) -> tuple[float, float, float, int]:
     """Mean, 95% percentile-bootstrap interval and count of the finite values (nan, nan, nan, 0 when none)."""
     values = np.asarray(values, dtype=np.float64)
     values = values[np.isfinite(values)]
@@ -233,7 +235,9 @@ def mean_and_ci(values, seed: int, resamples: int = 2000) -> tuple[float, float,
     return float(values.mean()), float(low), float(high), len(values)
 
 
-def ratio_and_ci(numerators, denominators, seed: int, resamples: int = 2000) -> tuple[float, float, float, int]:
+def ratio_and_ci(
+    numerators: Sequence[float], denominators: Sequence[float], seed: int, resamples: int = 2000
+) -> tuple[float, float, float, int]:
     """sum(numerators) / sum(denominators) (say, NLL per token over windows of different lengths), its 95%
     percentile-bootstrap interval over the items, and their count."""
     numerators, denominators = np.asarray(numerators, np.float64), np.asarray(denominators, np.float64)

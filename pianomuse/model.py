@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import FunctionCtx
 from torch.utils.checkpoint import checkpoint
 
 from pianomuse.kernels.token_mix import token_mix
@@ -71,7 +74,9 @@ class LayerState(NamedTuple):
 State = list[LayerState]
 
 
-def run_wkv(r, w, k, v, a, b, state):
+def run_wkv(
+    r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None
+) -> tuple[Tensor, Tensor]:
     """WKV-7 over [B, T, H, N] inputs; a single token with a state goes through the one-step (RNN) kernel."""
     if r.size(1) == 1 and state is not None:
         y, state = wkv7_step(r[:, 0], w[:, 0], k[:, 0], v[:, 0], a[:, 0], b[:, 0], state)
@@ -104,7 +109,7 @@ class TimeMix(nn.Module):
         zigzag = zigzag * zigzag.abs()
         www = -6 + 6 * (channel / (C - 1)) ** (1 + ratio_0_to_1**0.3)
 
-        def mix(power):
+        def mix(power: float) -> nn.Parameter:
             return nn.Parameter(1.0 - torch.pow(ddd, power * ratio_1_to_almost0))
 
         self.x_r, self.x_w, self.x_k = mix(0.2), mix(0.9), mix(0.7)
@@ -143,7 +148,13 @@ class TimeMix(nn.Module):
             self.output.weight.zero_()  # every block starts as the identity
             self.ln_x.weight.fill_(((1 + layer_id) / L) ** 0.7)
 
-    def forward(self, x, v_first, x_prev=None, wkv_state=None):
+    def forward(
+        self,
+        x: torch.Tensor,
+        v_first: torch.Tensor | None,
+        x_prev: torch.Tensor | None = None,
+        wkv_state: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: [B, T, C] (already ln1-normalised). Returns (output, v_first, last input, WKV state after x)."""
         B, T, C = x.shape
         H, N = self.n_head, self.head_size
@@ -168,7 +179,9 @@ class TimeMix(nn.Module):
         kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
         k = k * (1 + (iclr - 1) * self.k_a)
 
-        def heads(t):  # [B, T, C] -> [B, T, H, N], in one dtype (under autocast w and iclr come out fp32)
+        def heads(
+            t: torch.Tensor,
+        ) -> torch.Tensor:  # [B, T, C] -> [B, T, H, N], in one dtype (under autocast w and iclr come out fp32)
             return t.reshape(B, T, H, N).to(r.dtype)
 
         y, wkv_state = run_wkv(heads(r), heads(w), heads(k), heads(v), heads(-kk), heads(kk * iclr), wkv_state)
@@ -183,13 +196,13 @@ class _SquaredReLU(torch.autograd.Function):
     """relu(x)^2 saving only relu(x): autograd's `** 2` backward recomputes a power of the 4C-wide activation."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: FunctionCtx, x: torch.Tensor) -> torch.Tensor:
         positive = torch.relu(x)
         ctx.save_for_backward(positive)
         return positive * positive
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: FunctionCtx, grad: torch.Tensor) -> torch.Tensor:
         (positive,) = ctx.saved_tensors
         return grad * (positive + positive)
 
@@ -212,7 +225,7 @@ class ChannelMix(nn.Module):
             self.key.weight.copy_(orthogonal((4 * C, C), 1.0))
             self.value.weight.zero_()
 
-    def forward(self, x, x_prev=None):
+    def forward(self, x: torch.Tensor, x_prev: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         k = squared_relu(self.key(token_mix(x, x_prev, self.x_k.view(1, -1))[0]))
         return self.value(k), x[:, -1]
 
@@ -230,7 +243,9 @@ class Block(nn.Module):
         self.ffn = ChannelMix(config, layer_id)
         self.drop = nn.Dropout(config.dropout)  # on each branch's output; RWKV-LM's x070 has none (dropout 0)
 
-    def forward(self, x, v_first, state: LayerState | None = None):
+    def forward(
+        self, x: torch.Tensor, v_first: torch.Tensor | None, state: LayerState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, LayerState]:
         if self.layer_id == 0:
             x = self.ln0(x)
         att_x, wkv, ffn_x = state if state is not None else (None, None, None)
@@ -262,7 +277,7 @@ class RWKV7(nn.Module):
         state: State | None = None,
         head_positions: torch.Tensor | None = None,
         return_state: bool = False,
-    ):
+    ) -> torch.Tensor | tuple[torch.Tensor, State]:
         """Parallel mode over idx [B, T], continuing from `state` (None: the start of a sequence).
 
         head_positions: a LongTensor of flat indices into the B*T positions (row b, time t -> b*T + t); only those
@@ -291,7 +306,7 @@ class RWKV7(nn.Module):
         logits, state = self.forward(idx[:, None], state, return_state=True)
         return logits[:, 0], state
 
-    def init_state(self, batch_size: int, device=None) -> State:
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
         """The state before the first token: all zeros."""
         C, H, N = self.config.n_embd, self.config.n_head, self.config.head_size
         dtype = self.emb.weight.dtype
@@ -327,7 +342,7 @@ def head_positions_from_spans(spans: list[tuple[int, int]], seq_len: int) -> tor
 UNUSED_LAYER0_KEYS = ("blocks.0.att.v0", "blocks.0.att.v1", "blocks.0.att.v2")
 
 
-def save_rwkv_pth(model: RWKV7, path) -> None:
+def save_rwkv_pth(model: RWKV7, path: str | Path) -> None:
     """The weights as an RWKV-LM .pth (fp32, CPU), with layer 0's unused v0/v1/v2 as zeros so it loads strictly."""
     weights = {name: t.detach().cpu().clone() for name, t in model.state_dict().items()}
     C, value_lora = model.config.n_embd, model.config.value_lora
@@ -357,7 +372,7 @@ def config_from_state_dict(weights: dict[str, torch.Tensor], **overrides) -> RWK
     )
 
 
-def load_rwkv_pth(path, **overrides) -> RWKV7:
+def load_rwkv_pth(path: str | Path, **overrides: object) -> RWKV7:
     """A model from an RWKV-LM x070 .pth (ours or RWKV-LM's), config inferred from the shapes, weights in fp32."""
     weights = torch.load(path, map_location="cpu", weights_only=True)
     config = config_from_state_dict(weights, **overrides)

@@ -52,7 +52,7 @@ def build_model(config: RWKV7Config | TransformerConfig) -> torch.nn.Module:
     return RWKV7(config) if isinstance(config, RWKV7Config) else Transformer(config)
 
 
-def arch_of(model) -> str:
+def arch_of(model: torch.nn.Module | NgramModel) -> str:
     if isinstance(model, RWKV7):
         return "rwkv7"
     if isinstance(model, Transformer):
@@ -62,7 +62,7 @@ def arch_of(model) -> str:
     raise TypeError(f"not a pianomuse model: {type(model).__name__}")
 
 
-def save_model(model: torch.nn.Module, path) -> None:
+def save_model(model: torch.nn.Module, path: str | Path) -> None:
     """Weights only, fp32 on the CPU: RWKV-7 in RWKV-LM's .pth layout, the Transformer as its state dict."""
     if isinstance(model, RWKV7):
         save_rwkv_pth(model, path)
@@ -70,7 +70,7 @@ def save_model(model: torch.nn.Module, path) -> None:
         torch.save({name: t.detach().cpu().clone() for name, t in model.state_dict().items()}, path)
 
 
-def load_model(path: str | Path, info: dict):
+def load_model(path: str | Path, info: dict) -> RWKV7 | Transformer | NgramModel:
     """The model of a checkpoint file, given its JSON companion `info` (for the arch and the config)."""
     arch = info.get("arch", LEGACY_ARCH)
     if arch == "rwkv7":
@@ -84,7 +84,7 @@ def load_model(path: str | Path, info: dict):
     raise ValueError(f"unknown arch {arch!r} in the checkpoint's JSON")
 
 
-def decoder_for(model, device: str | torch.device = "cpu") -> Decoder:
+def decoder_for(model: torch.nn.Module | NgramModel, device: str | torch.device = "cpu") -> Decoder:
     """The model, ready to be sampled by the completion engine on `device` (torch models move there, eval mode)."""
     if isinstance(model, NgramModel):
         return NgramDecoder(model)

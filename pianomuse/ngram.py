@@ -26,7 +26,6 @@ package only queries, and its estimator (lmplz) is a C++ build. Here the n-grams
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 import time
@@ -38,7 +37,7 @@ import numpy as np
 import pyarrow.compute as pc
 import torch
 
-from pianomuse.files import atomic_write
+from pianomuse.files import atomic_write, write_json
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
 
 MIN_DISCOUNT = 0.1  # keeps gamma > 0 on tiny corpora where the counts-of-counts estimate collapses
@@ -215,7 +214,7 @@ class NgramModel:
             if k > 1:
                 arrays[f"probs_{k}"], arrays[f"gammas_{k}"] = self.probs[k - 2], self.gammas[k - 2]
 
-        def write(tmp):
+        def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
 
@@ -265,7 +264,7 @@ class NgramDecoder:
 # The stage: fit on the train windows, choose the order on the validation windows, save
 
 
-def window_streams(dataset) -> list[np.ndarray]:
+def window_streams(dataset: datasets.Dataset) -> list[np.ndarray]:
     """Each window's context + completion, as int64 arrays (read from the Arrow columns)."""
     table = dataset.data
     streams = []
@@ -289,7 +288,7 @@ def choose_order(
     return NgramModel.from_counts(counts, best), nll
 
 
-def fresh_starts(dataset, streams: list[np.ndarray], bar_id: int) -> np.ndarray:
+def fresh_starts(dataset: datasets.Dataset, streams: list[np.ndarray], bar_id: int) -> np.ndarray:
     """Per window, where its bars that no earlier window of the same piece and transposition holds begin.
 
     Windows overlap (a bar is in context_bars / step + 1 of them, 3 by default): counted in full, every n-gram
@@ -308,7 +307,7 @@ def fresh_starts(dataset, streams: list[np.ndarray], bar_id: int) -> np.ndarray:
     return starts
 
 
-def seeded_subset(dataset, n: int | None, seed: int, stream: int):
+def seeded_subset(dataset: datasets.Dataset, n: int | None, seed: int, stream: int) -> datasets.Dataset:
     """At most n windows of the dataset, a fixed random subset (None: all)."""
     if n is None or len(dataset) <= n:
         return dataset
@@ -317,8 +316,8 @@ def seeded_subset(dataset, n: int | None, seed: int, stream: int):
 
 
 def fit_ngram(
-    train_dir, val_dir, tokenizer_path, out_dir, orders: list[int], max_windows: int | None,
-    validation_windows: int | None, seed: int,
+    train_dir: str | Path, val_dir: str | Path, tokenizer_path: str | Path, out_dir: str | Path, orders: list[int],
+    max_windows: int | None, validation_windows: int | None, seed: int,
 ) -> dict:  # fmt: skip
     """Fit on the train windows, choose the order on the validation windows, and write `out_dir`: model.npz, the
     tokenizer, and model.json (arch, order, every order's validation NLL), written last."""
@@ -339,11 +338,15 @@ def fit_ngram(
     model.save(out_dir / "model.npz")
     shutil.copyfile(tokenizer_path, out_dir / "tokenizer.json")
     info = {
-        "arch": "ngram", "order": model.order, "tokenizer_hash": tokenizer_hash(tokenizer_path),
+        "arch": "ngram",
+        "order": model.order,
+        "tokenizer_hash": tokenizer_hash(tokenizer_path),
         "validation_nll": {str(order): value for order, value in nll.items()},
-        "train_windows": len(streams), "train_tokens": int(tokens),
-        "validation_windows": len(val_ds), "seconds": round(time.perf_counter() - start, 1),
+        "train_windows": len(streams),
+        "train_tokens": int(tokens),
+        "validation_windows": len(val_ds),
+        "seconds": round(time.perf_counter() - start, 1),
     }
-    atomic_write(out_dir / "model.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=2) + "\n"))
+    write_json(info, out_dir / "model.json")
     print(f"chose order {model.order}", file=sys.stderr)
     return info

@@ -26,10 +26,10 @@ from miditok import REMI
 from symusic import Note, Score, Tempo, TimeSignature, Track
 
 from pianomuse.complete import Completer, CompletionError, Sampler, Sampling
+from pianomuse.devices import resolve_device
 from pianomuse.files import staged_folder
 from pianomuse.metrics import KEY_NAMES, MAJOR_SCALE, NATURAL_MINOR_SCALE, mean_and_ci, notes_of
 from pianomuse.report import piano_roll, probe_tables, render_html, render_markdown, slug
-from pianomuse.train import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -47,9 +47,6 @@ REPEAT = "repeat the figure"
 TRANSPOSED = "the figure a semitone up"
 OTHER_FIGURE = "another prompt's figure"
 REFERENCES = [REPEAT, TRANSPOSED, OTHER_FIGURE]
-
-# `pianomuse probe`'s sampling when no option is given; config.yaml's `probe:` section holds the same values.
-DEFAULT_SAMPLING = Sampling(bars=4, samples=4, temperature=1.0, top_p=0.95, top_k=None, seed=0)
 
 
 @dataclass(frozen=True)
@@ -179,6 +176,7 @@ def check_tokenizer_resolution(tokenizer: REMI) -> None:
 def reference_continuations(completer: Completer, figure: Figure, other: Figure, bars: int) -> dict[str, Score]:
     """The references, written out through the tokenizer as a model's continuation would be (bars 9 to 8 + M of
     the figure played on): `REPEAT` scoring 1 shows the tokenized prompt keeps every onset and pitch."""
+
     def after_prompt(score: Score) -> Score:
         return completer.decode_last_bars(completer.prompt_ids(score, None), bars)
 
@@ -211,14 +209,18 @@ def probe_figure(
         scores[name] = [figure_score(continuation, figure, sampling.bars)]
     log.info("%s: %s", figure.name, {name: round(float(np.mean(v)), 3) for name, v in scores.items()})
     return {
-        "name": figure.name, "texture": figure.texture, "key": figure.key,
+        "name": figure.name,
+        "texture": figure.texture,
+        "key": figure.key,
         "time_signature": f"{figure.time_signature[0]}/{figure.time_signature[1]}",
-        "figure": [list(note) for note in figure.notes], "scores": scores, "rolls": rolls,
+        "figure": [list(note) for note in figure.notes],
+        "scores": scores,
+        "rolls": rolls,
         "summary": {name: mean_and_ci(values, sampling.seed) for name, values in scores.items()},
     }
 
 
-def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Sampling, out_dir) -> dict:
+def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Sampling, out_dir: str | Path) -> dict:
     """Probe every sampler on every figure (prompt i sampled with seed + i); write probe.json, probe.md, probe.html
     and prompts/{name}/ into `out_dir`. `completer` is the tokenizer side (prompt ids, decoding) that the samplers
     share."""
@@ -233,8 +235,12 @@ def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Samp
             seeded = Sampling(**{**asdict(sampling), "seed": sampling.seed + i})
             prompts.append(probe_figure(completer, samplers, seeded, figure, other, staging / "prompts" / figure.name))
         results = {
-            "settings": asdict(sampling), "prompt_bars": PROMPT_BARS, "slots_per_quarter": SLOTS_PER_QUARTER,
-            "systems": systems, "sampled": list(samplers), "prompts": prompts,
+            "settings": asdict(sampling),
+            "prompt_bars": PROMPT_BARS,
+            "slots_per_quarter": SLOTS_PER_QUARTER,
+            "systems": systems,
+            "sampled": list(samplers),
+            "prompts": prompts,
             # Over prompts, each weighing the same: the K samples of one prompt are not independent tries.
             "summary": summarize(prompts, systems, sampling.seed),
             "by_texture": {
@@ -253,7 +259,9 @@ def summarize(prompts: list[dict], systems: list[str], seed: int) -> dict:
     return {name: mean_and_ci([np.mean(p["scores"][name]) for p in prompts], seed) for name in systems}
 
 
-def probe_checkpoint(checkpoints: list, tokenizer, sampling: Sampling, device: str, out_dir) -> dict:
+def probe_checkpoint(
+    checkpoints: list, tokenizer: str | Path | None, sampling: Sampling, device: str, out_dir: str | Path
+) -> dict:
     """`run_probe` on checkpoints of one tokenizer, side by side: the first is the run, the others its baselines
     (tokenizer None: each run's, found beside it; device: cpu, cuda or auto)."""
     device = str(resolve_device(device, 0))

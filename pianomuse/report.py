@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from symusic import Score
 
 
-def piano_roll(score, continuation_tick: int, path: Path, title: str) -> None:
+def piano_roll(score: Score, continuation_tick: int, path: Path, title: str) -> None:
     """Notes as horizontal bars, pitch against time in quarter notes; a vertical line where the continuation starts."""
     import matplotlib
 
@@ -21,7 +22,9 @@ def piano_roll(score, continuation_tick: int, path: Path, title: str) -> None:
     for track in score.tracks:
         notes = track.notes.numpy()  # one barh call for all notes: per-note calls are slow for a dense piece
         colors = np.where(notes["time"] >= continuation_tick, "tab:orange", "tab:blue")
-        axes.barh(notes["pitch"], notes["duration"] / score.tpq, left=notes["time"] / score.tpq, height=0.8, color=colors)
+        axes.barh(
+            notes["pitch"], notes["duration"] / score.tpq, left=notes["time"] / score.tpq, height=0.8, color=colors
+        )
     axes.axvline(continuation_tick / score.tpq, color="black", linestyle="--", label="continuation starts")
     axes.set(xlabel="time (quarter notes)", ylabel="MIDI pitch", title=title)
     axes.legend(loc="upper right")
@@ -110,8 +113,10 @@ def probe_tables(probe: dict, image_root: str) -> list[Table]:
             "Pattern continuation probe, per prompt",
             "mean [95% bootstrap interval over samples] (n = samples)",
             ["prompt", "key", "meter", *systems],
-            [[p["name"], p["key"], p["time_signature"], *(interval(p["summary"][s]) for s in systems)]
-             for p in prompts],
+            [
+                [p["name"], p["key"], p["time_signature"], *(interval(p["summary"][s]) for s in systems)]
+                for p in prompts
+            ],
         ),
         Table(
             "Pattern continuation probe: piano rolls",
@@ -122,80 +127,89 @@ def probe_tables(probe: dict, image_root: str) -> list[Table]:
     ]
 
 
+def key_agreement_table(agreement: dict) -> Table:
+    return Table(
+        "Key agreement with the prompt",
+        "share of each continuation's notes whose pitch class lies in the prompt's key (the major or minor key "
+        "whose Krumhansl-Kessler profile correlates best with the prompt's duration-weighted pitch classes; "
+        "its major or natural minor scale); chance: 7/12 = 0.583; the true continuation scored the same way. "
+        "mean [95% bootstrap interval] (n = continuations)",
+        ["measure", *agreement],
+        [system_row("key agreement", agreement, list(agreement))],
+    )
+
+
+def metrics_table(metrics: dict, bars: int) -> Table:
+    systems = list(metrics)
+    metric_names = list(metrics[systems[0]])
+    return Table(
+        "Musical metrics against the true continuation",
+        "mean [95% bootstrap interval] (n = values; a ratio against a truth with no notes, or fewer than two "
+        "onsets, is undefined and left out); perfect: 1 for overlaps, similarities, ratios and scale consistency, "
+        f"0 for the pitch range difference. Baselines: the prompt's last {bars} bars played again (the whole "
+        f"prompt cycled when it has fewer bars), and the {bars} bars that follow a test prompt of another piece",
+        ["metric", *systems],
+        [[name, *(interval(metrics[s][name]) for s in systems)] for name in metric_names],
+    )
+
+
+def prompts_table(prompts: list[dict], sampled: list[str]) -> Table:
+    def row(p: dict) -> list[str]:
+        per_system = [
+            [", ".join(map(str, p["samples"][s]["bars"])), ", ".join(f"{e:g}" for e in p["samples"][s]["token_errors"])]
+            for s in sampled
+        ]
+        return [
+            prompt_name(p),
+            p["prompt_key"] or "none",
+            str(p["prompt_bars"]),
+            *(c for cells in per_system for c in cells),
+        ]
+
+    return Table(
+        "Prompts and samples",
+        "bars counted in the sampled ids (a MIDI file keeps no trailing empty bar); token errors: miditok's "
+        "tokens_errors of prompt + continuation, the share of tokens that may not follow the ones before (0: none)",
+        [
+            "prompt",
+            "prompt key",
+            "prompt bars",
+            *(f"{s}: {what}" for s in sampled for what in ["bars per sample", "token errors per sample"]),
+        ],
+        [row(p) for p in prompts],
+    )
+
+
+def piano_rolls_table(prompts: list[dict], sampled: list[str]) -> Table:
+    return Table(
+        "Piano rolls",
+        "blue: the prompt, orange: the continuation",
+        ["prompt", *(f"{s} sample 0" for s in sampled), "true continuation"],
+        [
+            [prompt_name(p), *(("image", p["samples"][s]["png"]) for s in sampled), ("image", p["truth_png"])]
+            for p in prompts
+        ],
+    )
+
+
 def report_tables(results: dict) -> list[Table]:
-    bars, sampled = results["continuation_bars"], results["sampled"]
-    agreement = results["key_agreement"]
     tables = nll_tables(results["nll"])
-    tables.append(
-        Table(
-            "Key agreement with the prompt",
-            "share of each continuation's notes whose pitch class lies in the prompt's key (the major or minor key "
-            "whose Krumhansl-Kessler profile correlates best with the prompt's duration-weighted pitch classes; "
-            "its major or natural minor scale); chance: 7/12 = 0.583; the true continuation scored the same way. "
-            "mean [95% bootstrap interval] (n = continuations)",
-            ["measure", *agreement],
-            [system_row("key agreement", agreement, list(agreement))],
-        )
-    )
-    systems = list(results["metrics"])
-    metric_names = list(results["metrics"][systems[0]])
-    tables.append(
-        Table(
-            "Musical metrics against the true continuation",
-            "mean [95% bootstrap interval] (n = values; a ratio against a truth with no notes, or fewer than two "
-            "onsets, is undefined and left out); perfect: 1 for overlaps, similarities, ratios and scale consistency, "
-            f"0 for the pitch range difference. Baselines: the prompt's last {bars} bars played again (the whole "
-            f"prompt cycled when it has fewer bars), and the {bars} bars that follow a test prompt of another piece",
-            ["metric", *systems],
-            [[name, *(interval(results["metrics"][s][name]) for s in systems)] for name in metric_names],
-        )
-    )
+    tables.append(key_agreement_table(results["key_agreement"]))
+    tables.append(metrics_table(results["metrics"], results["continuation_bars"]))
     if "probe" in results:
         tables += probe_tables(results["probe"], results["probe_dir"] + "/")
-    tables.append(
-        Table(
-            "Prompts and samples",
-            "bars counted in the sampled ids (a MIDI file keeps no trailing empty bar); token errors: miditok's "
-            "tokens_errors of prompt + continuation, the share of tokens that may not follow the ones before (0: none)",
-            ["prompt", "prompt key", "prompt bars",
-             *(f"{s}: {what}" for s in sampled for what in ["bars per sample", "token errors per sample"])],
-            [
-                [
-                    prompt_name(p), p["prompt_key"] or "none", str(p["prompt_bars"]),
-                    *(
-                        cell
-                        for s in sampled
-                        for cell in [
-                            ", ".join(map(str, p["samples"][s]["bars"])),
-                            ", ".join(f"{errors:g}" for errors in p["samples"][s]["token_errors"]),
-                        ]
-                    ),
-                ]
-                for p in results["prompts"]
-            ],
-        )
-    )
-    tables.append(
-        Table(
-            "Piano rolls",
-            "blue: the prompt, orange: the continuation",
-            ["prompt", *(f"{s} sample 0" for s in sampled), "true continuation"],
-            [
-                [prompt_name(p), *(("image", p["samples"][s]["png"]) for s in sampled), ("image", p["truth_png"])]
-                for p in results["prompts"]
-            ],
-        )
-    )
+    tables.append(prompts_table(results["prompts"], results["sampled"]))
+    tables.append(piano_rolls_table(results["prompts"], results["sampled"]))
     return tables
 
 
-def markdown_cell(cell) -> str:
+def markdown_cell(cell: str | tuple[str, str]) -> str:
     if isinstance(cell, tuple):
         return f"![{Path(cell[1]).stem}]({cell[1]})"
     return str(cell).replace("|", "\\|")
 
 
-def html_cell(cell) -> str:
+def html_cell(cell: str | tuple[str, str]) -> str:
     if isinstance(cell, tuple):
         return f'<img src="{html.escape(cell[1])}" width="480" alt="{html.escape(Path(cell[1]).stem)}">'
     return html.escape(str(cell))

@@ -175,7 +175,9 @@ class StreamUniforms:
         """The next number of each listed stream, [len(rows)] float64; rows are positions in the constructor's
         `streams`."""
         if self.used == self.block.shape[1]:
-            self.block = torch.stack([torch.rand(self.BLOCK, generator=g, dtype=torch.float64) for g in self.generators])
+            self.block = torch.stack(
+                [torch.rand(self.BLOCK, generator=g, dtype=torch.float64) for g in self.generators]
+            )
             self.used = 0
         self.used += 1
         return self.block[rows, self.used - 1]

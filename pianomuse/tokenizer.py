@@ -19,7 +19,8 @@ def build_tokenizer(
     use_sustain_pedals: bool,
     special_tokens: list[str],
 ) -> REMI:
-    """A REMI tokenizer. `pitch_range` is inclusive (21-108 is the piano); `beat_res` rows are (start beat, end beat, positions per beat)."""
+    """A REMI tokenizer. `pitch_range` is inclusive (21-108 is the piano); `beat_res` rows are (start beat, end beat,
+    positions per beat)."""
     config = TokenizerConfig(
         pitch_range=tuple(pitch_range),
         beat_res={(start, end): res for start, end, res in beat_res},

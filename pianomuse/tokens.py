@@ -15,6 +15,7 @@ from symusic import Score
 
 from pianomuse.files import write_parquet_atomic
 from pianomuse.maestro import read_manifest
+from pianomuse.remi import RejectedPiece, list_array, tokenize_score
 from pianomuse.tokenizer import load_tokenizer
 
 # Contract of a token shard (results/tokens/{split}/shard-{k}.parquet); the augment shards share it.
@@ -37,34 +38,10 @@ TOKEN_SHARD_SCHEMA = pa.schema(
 REJECTS_SCHEMA = pa.schema([("piece_id", pa.string()), ("path", pa.string()), ("reason", pa.string())])
 
 
-class RejectedPiece(Exception):
-    """A file that cannot become a token sequence; `reason` goes to the rejects table."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
 def shard_index(piece_id: str, n_shards: int) -> int:
     """The shard of a piece, from a hash of its id alone: adding or removing pieces moves no other piece."""
     digest = hashlib.sha1(piece_id.encode()).digest()
     return int.from_bytes(digest[:8], "big") % n_shards
-
-
-def merge_piano_tracks(score: Score) -> None:
-    """Keep one track holding the notes and pedals of every non-drum track (in place); needs one at least.
-
-    Without programs, REMI encodes each track as its own sequence; the model reads a single piano stream.
-    """
-    piano, *others = [track for track in score.tracks if not track.is_drum]
-    for track in others:
-        piano.notes.extend(track.notes)
-        piano.pedals.extend(track.pedals)
-    score.tracks = [piano]
-
-
-def pitch_token_ids(tokenizer: REMI) -> np.ndarray:
-    return np.array([i for token, i in tokenizer.vocab.items() if token.startswith("Pitch_")], dtype=np.uint16)
 
 
 def tokenize_piece(tokenizer: REMI, midi_path: str | Path) -> tuple[np.ndarray, np.ndarray, int]:
@@ -78,35 +55,6 @@ def tokenize_piece(tokenizer: REMI, midi_path: str | Path) -> tuple[np.ndarray, 
     except Exception as error:
         raise RejectedPiece(f"not a readable MIDI file: {type(error).__name__}: {error}") from error
     return tokenize_score(tokenizer, score)
-
-
-def tokenize_score(tokenizer: REMI, score: Score) -> tuple[np.ndarray, np.ndarray, int]:
-    """`tokenize_piece` of a Score already read (its tracks are merged in place)."""
-    if score.note_num() == 0:
-        raise RejectedPiece("empty: the file holds no notes")
-    if all(track.is_drum for track in score.tracks if track.note_num() > 0):
-        raise RejectedPiece("no piano notes: only drum tracks hold notes")
-    merge_piano_tracks(score)
-    try:
-        sequences = tokenizer.encode(score)
-    except Exception as error:
-        raise RejectedPiece(f"miditok could not tokenize it: {type(error).__name__}: {error}") from error
-
-    # Preprocessing drops notes outside the pitch range and duplicates, so count what was encoded.
-    ids = np.asarray(sequences[0].ids if sequences else [], dtype=np.uint16)
-    n_notes = int(np.isin(ids, pitch_token_ids(tokenizer)).sum())
-    if n_notes == 0:
-        raise RejectedPiece("no notes left after the tokenizer's preprocessing (all outside its pitch range?)")
-    bar_offsets = np.flatnonzero(ids == tokenizer.vocab["Bar_None"]).astype(np.uint32)
-    return ids, bar_offsets, n_notes
-
-
-def list_array(arrays: list[np.ndarray], value_type: pa.DataType) -> pa.ListArray:
-    """One Arrow list column from per-row numpy arrays, built from their concatenation without per-row work."""
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
-    np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    values = np.concatenate(arrays) if arrays else np.array([], dtype=value_type.to_pandas_dtype())
-    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=value_type))
 
 
 def tokenize_shard(

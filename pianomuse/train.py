@@ -2,14 +2,19 @@
 
 The loss is the mean NLL of every next-token prediction in each window (`train.loss: window`), or of the completion
 tokens only (`completion`: the context is read but never scored, and its hidden states never reach the head).
-Validation NLL is always per completion token, so runs with either loss compare. Run it through Snakemake (`snakemake -c8 train`); with `train.devices > 1` the rule
-starts it under torchrun and it trains with DDP, each rank taking its share of the token-budget batches.
+Validation NLL is always per completion token, so runs with either loss compare. Run it through Snakemake
+(`snakemake -c8 train`); with `train.devices > 1` the rule starts it under torchrun and it trains with DDP, each
+rank taking its share of the token-budget batches.
+
+The pieces, in the order a run meets them: `TrainSettings` (the `train` section, typed), `Ranks` (the DDP set-up),
+`RunData` (the windows and their batches), `TrainingRun` (model, optimiser, resume checks, the loop, the final
+validation), and `launch` (in this process, or under torchrun). The optimiser is in `pianomuse.optim`, metrics.csv
+and the plot in `pianomuse.run_log`, the checkpoint files in `pianomuse.checkpoint`.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import math
@@ -18,112 +23,73 @@ import random
 import shutil
 import subprocess
 import sys
-import warnings
 import time
+import warnings
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import datasets
 import numpy as np
-import pyarrow.compute as pc
 import torch
-import torch.nn.functional as F
 import yaml
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from pianomuse.batching import batch_loader, epoch_batches, pack_by_length, shard_for_rank, window_lengths
-from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_json, save_resume_point, save_weights
+from pianomuse.batching import Batch, batch_loader, epoch_batches, pack_by_length, shard_for_rank, window_lengths
+from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_resume_point, save_weights
+from pianomuse.devices import resolve_device
+from pianomuse.files import write_json
 from pianomuse.logs import console
+from pianomuse.model import RWKV7Config
 from pianomuse.models import LEGACY_ARCH, arch_of, build_model, model_config as arch_config
+from pianomuse.optim import make_optimizer
+from pianomuse.run_log import LogInterval, MetricsLog, log_line, plot_losses
+from pianomuse.scoring import batch_nll, eval_subset, mean_nll, unigram_nll
 from pianomuse.tokenizer import load_tokenizer, tokenizer_hash
-
-METRICS_COLUMNS = [
-    "step", "epoch", "lr", "train_loss", "val_nll", "tokens_per_s", "padding_fraction", "grad_norm", "skipped_steps"
-]
+from pianomuse.transformer import TransformerConfig
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# Optimiser and schedule
+@dataclass(frozen=True)
+class TrainSettings:
+    """config.yaml's `train` section, typed: workflow/schemas/config.schema.yaml documents every key and config.yaml
+    holds the defaults, so the fields have none."""
 
+    run: str
+    seed: int
+    device: str  # auto, cpu or cuda
+    devices: int
+    loss: str  # window or completion
+    max_steps: int | None  # None: epochs x batches per epoch
+    epochs: int
+    batch_tokens: int
+    bucket_windows: int
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    weight_decay: float
+    betas: tuple[float, float]
+    adam_eps: float
+    grad_clip: float
+    dropout: float
+    grad_checkpoint: bool
+    eval_every: int
+    eval_windows: int
+    log_every: int
+    checkpoint_every: int
+    threads: int
+    num_workers: int
+    max_nonfinite_steps: int
 
-def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW parameter groups in the RWKV-LM manner.
-
-    Only the 2-D weight matrices of the linear layers decay; the embedding, norms, biases, token-shift mixes and
-    the LoRA-style time-mix parameters (w1, a2, ... , which are not `.weight`s) do not. The decay base `att.w0`
-    learns at twice the rate, as in RWKV-LM's train_temp.
-    """
-    decay, no_decay, fast = [], [], []
-    for name, param in model.named_parameters():
-        if name.endswith("att.w0"):
-            fast.append(param)
-        elif name.endswith(".weight") and param.ndim == 2 and name != "emb.weight":
-            decay.append(param)
-        else:
-            no_decay.append(param)
-    groups = [
-        {"params": decay, "weight_decay": weight_decay, "lr_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "lr_scale": 1.0},
-        {"params": fast, "weight_decay": 0.0, "lr_scale": 2.0},
-    ]
-    return [group for group in groups if group["params"]]
-
-
-def lr_factor(step: int, warmup_steps: int, max_steps: int, min_ratio: float) -> float:
-    """Linear warmup to 1 over `warmup_steps`, then a cosine down to `min_ratio` at `max_steps`."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, max_steps - warmup_steps))
-    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: dict, max_steps: int):
-    groups = optimizer_groups(model, cfg["weight_decay"])
-    for group in groups:
-        group["lr"] = cfg["lr"] * group["lr_scale"]
-    optimizer = torch.optim.AdamW(groups, lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=cfg["adam_eps"])
-    schedule = partial(
-        lr_factor, warmup_steps=cfg["warmup_steps"], max_steps=max_steps, min_ratio=cfg["min_lr"] / cfg["lr"]
-    )
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Loss and evaluation
-
-
-def batch_nll(model, batch, reduction: str = "mean") -> torch.Tensor:
-    """NLL of the batch's scored tokens; only their positions' hidden states go through the head."""
-    logits = model(batch.inputs, head_positions=batch.head_positions)
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), batch.targets, reduction=reduction)
-
-
-@torch.no_grad()
-def evaluate(model, loader, device, autocast) -> float:
-    """Validation NLL per completion token over all batches of `loader`."""
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0
-    for batch in loader:
-        batch = batch.to(device)
-        with autocast():
-            total += batch_nll(model, batch, reduction="sum").item()
-        count += batch.targets.numel()
-    model.train(was_training)
-    return total / count
-
-
-def unigram_log_probs(train_ds, vocab_size: int) -> np.ndarray:
-    """Log-probability of each token under the train completion-token frequencies."""
-    train_tokens = pc.list_flatten(train_ds.data.column("completion_ids")).to_numpy().astype(np.int64)
-    counts = np.bincount(train_tokens, minlength=vocab_size) + 1.0  # add-one: unseen tokens keep a finite cost
-    return np.log(counts / counts.sum())
-
-
-def unigram_nll(train_ds, val_ds, vocab_size: int) -> float:
-    """The baseline a model must beat: NLL per validation completion token under train completion-token frequencies."""
-    val_tokens = pc.list_flatten(val_ds.data.column("completion_ids")).to_numpy().astype(np.int64)
-    return float(-unigram_log_probs(train_ds, vocab_size)[val_tokens].mean())
+    @classmethod
+    def of(cls, section: dict) -> TrainSettings:
+        names = {field.name for field in dataclasses.fields(cls)}
+        if set(section) != names:
+            unknown, missing = sorted(set(section) - names), sorted(names - set(section))
+            raise ValueError(f"train settings: unknown keys {unknown}, missing keys {missing}")
+        return cls(**{**section, "betas": tuple(section["betas"])})
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -146,7 +112,10 @@ class NonFiniteGuard:
             )
 
 
-def train_step(model, optimizer, batch, grad_clip: float, autocast, world_size: int) -> tuple[float, float, bool]:
+def train_step(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, grad_clip: float,
+    autocast: Callable[[], AbstractContextManager], world_size: int,
+) -> tuple[float, float, bool]:  # fmt: skip
     """Forward, backward, clip and update; returns (loss, grad norm, updated). A non-finite step updates nothing."""
     optimizer.zero_grad(set_to_none=True)
     with autocast():
@@ -164,17 +133,33 @@ def train_step(model, optimizer, batch, grad_clip: float, autocast, world_size: 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Run bookkeeping
+# Set-up: ranks, data, model
 
 
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but no CUDA device is available")
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place in a DDP run (rank 0 of 1 without torchrun) and its device."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_writer(self) -> bool:  # rank 0 writes the run folder
+        return self.rank == 0
+
+    @classmethod
+    def start(cls, device_name: str) -> Ranks:
+        """Reads torchrun's environment and joins the process group when there are several ranks."""
+        rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        local_rank = int(os.environ["LOCAL_RANK"]) if world_size > 1 else 0
+        device = resolve_device(device_name, local_rank)
+        if world_size > 1:
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+        return cls(rank, world_size, local_rank, device)
 
 
 def seed_everything(seed: int) -> None:
@@ -183,74 +168,43 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class MetricsLog:
-    """metrics.csv, one row per log step. On resume, rows past the checkpoint (written before a kill) are dropped."""
+class RunData:
+    """The train and validation windows of a run and their token-budget batches (this rank's share of each epoch)."""
 
-    def __init__(self, path: Path, resume_step: int):
-        self.path = path
-        rows = []
-        if resume_step > 0 and path.exists():
-            with open(path, newline="") as f:
-                rows = [row for row in csv.DictReader(f) if int(row["step"]) <= resume_step]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, METRICS_COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
+    def __init__(self, settings: TrainSettings, ranks: Ranks, train_dir: str | Path, val_dir: str | Path, pad_id: int):
+        self.settings, self.ranks, self.pad_id = settings, ranks, pad_id
+        self.train_ds, self.val_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(val_dir))
+        self.train_lengths, self.val_lengths = window_lengths(self.train_ds), window_lengths(self.val_ds)
+        self.max_steps = settings.max_steps or settings.epochs * len(self.epoch(0))
+        eval_windows = eval_subset(self.val_lengths, settings.eval_windows, settings.seed)
+        eval_batches = pack_by_length(eval_windows, self.val_lengths, settings.batch_tokens)
+        self.eval_loader = self.val_loader(eval_batches)
+        all_windows = np.arange(len(self.val_lengths))
+        self.full_val_batches = pack_by_length(all_windows, self.val_lengths, settings.batch_tokens)
 
-    def append(self, row: dict) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, METRICS_COLUMNS).writerow(row)
+    def epoch(self, epoch: int) -> list[list[int]]:
+        s = self.settings
+        batches = epoch_batches(self.train_lengths, s.batch_tokens, s.seed, epoch, s.bucket_windows)
+        return shard_for_rank(batches, self.ranks.rank, self.ranks.world_size)
 
+    def train_loader(self, batches: list[list[int]]) -> DataLoader:
+        return batch_loader(self.train_ds, batches, self.pad_id, self.settings.num_workers, self.settings.loss)
 
-def log_line(row: dict, max_steps: int, seconds_per_step: float) -> str:
-    """One line of the training log for a metrics row: progress, loss, speed and the time left."""
-    eta = time.strftime("%H:%M:%S", time.gmtime(seconds_per_step * (max_steps - row["step"])))
-    val = f"  val {row['val_nll']}" if row["val_nll"] else ""
-    return (
-        f"step {row['step']}/{max_steps}  loss {row['train_loss'] or '-'}{val}  lr {row['lr']}  "
-        f"{float(row['tokens_per_s']):,.0f} tok/s  ETA {eta}"
-    )
+    def val_loader(self, batches: list[list[int]]) -> DataLoader:
+        return batch_loader(self.val_ds, batches, self.pad_id, self.settings.num_workers, scored="completion")
 
 
-def read_metrics(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def plot_losses(metrics_path: Path, out_path: Path, unigram: float | None = None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = read_metrics(metrics_path)
-    train = [(int(r["step"]), float(r["train_loss"])) for r in rows if r["train_loss"]]
-    val = [(int(r["step"]), float(r["val_nll"])) for r in rows if r["val_nll"]]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    if train:
-        ax.plot(*zip(*train), label="train loss")
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation NLL (subset)")
-    if unigram is not None:
-        ax.axhline(unigram, color="grey", linestyle="--", label="unigram baseline")
-    ax.set_xlabel("step")
-    ax.set_ylabel("NLL per completion token")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_path, dpi=100)
-    plt.close(fig)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# The training run
-
-
-def model_config(config: dict, vocab_size: int):
+def model_config(config: dict, vocab_size: int) -> RWKV7Config | TransformerConfig:
     """The config of the model that `model.arch` names (RWKV-7 or the same-size Transformer)."""
     model, train = config["model"], config["train"]
     return arch_config(
-        model.get("arch", LEGACY_ARCH), vocab_size, model["n_layer"], model["n_embd"], model["head_size"],
-        dropout=train["dropout"], grad_checkpoint=train["grad_checkpoint"],
+        model.get("arch", LEGACY_ARCH),
+        vocab_size,
+        model["n_layer"],
+        model["n_embd"],
+        model["head_size"],
+        dropout=train["dropout"],
+        grad_checkpoint=train["grad_checkpoint"],
     )
 
 
@@ -265,11 +219,216 @@ def windows_fingerprint(*dataset_dirs: str | Path) -> str:
     return digest.hexdigest()
 
 
-def eval_subset(val_lengths: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """A fixed random subset of validation windows, the same at every evaluation."""
-    rng = np.random.default_rng([seed, 1_000_003])
-    n = min(n, len(val_lengths))
-    return np.sort(rng.choice(len(val_lengths), size=n, replace=False))
+def check_resumable(run_dir: Path, state: dict, model_config: dict, fingerprint: str) -> None:
+    """Refuses to resume a run of another model, or one that trained on other windows."""
+    if state["model_config"] != model_config:
+        raise RuntimeError(
+            f"{run_dir} holds a run of a different model ({state['model_config']}); "
+            "choose another train.run or delete that folder"
+        )
+    if "windows_fingerprint" not in state:
+        warnings.warn(f"{run_dir} was saved without a windows fingerprint (older pianomuse): not checked")
+    elif state["windows_fingerprint"] != fingerprint:
+        raise RuntimeError(
+            f"{run_dir} holds a run trained on other windows (the windows were rebuilt since, e.g. after a "
+            "windows/tokenizer/preset change); choose another train.run or delete that folder"
+        )
+
+
+@dataclass
+class Position:
+    """Where a run is: the step done last, the place in the data, the best validation so far, skipped steps."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best_val: float = math.inf
+    skipped: int = 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training run
+
+
+class TrainingRun:
+    """One run in `run_dir`: its model and optimiser, built fresh or resumed from the last checkpoint."""
+
+    def __init__(
+        self,
+        settings: TrainSettings,
+        ranks: Ranks,
+        data: RunData,
+        model_config: RWKV7Config | TransformerConfig,
+        run_dir: Path,
+        tokenizer_hash: str,
+        fingerprint: str,
+    ):
+        self.settings, self.ranks, self.data, self.run_dir = settings, ranks, data, run_dir
+        device = ranks.device
+        self.autocast = partial(
+            torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+        )
+        self.model_config = model_config
+        self.raw_model = self.model = build_model(model_config).to(device)
+        self.optimizer, self.scheduler = make_optimizer(
+            self.raw_model, settings.lr, settings.min_lr, settings.warmup_steps, data.max_steps,
+            settings.weight_decay, settings.betas, settings.adam_eps,
+        )  # fmt: skip
+        self.position, self.guard = Position(), NonFiniteGuard(settings.max_nonfinite_steps)
+        self.fingerprint = fingerprint  # of the windows: a run resumes only on those it started on
+        self.resume()
+        if ranks.world_size > 1:
+            device_ids = [ranks.local_rank] if device.type == "cuda" else None
+            self.model = torch.nn.parallel.DistributedDataParallel(self.raw_model, device_ids=device_ids)
+        n_params = sum(p.numel() for p in self.raw_model.parameters())
+        self.info = {
+            "arch": arch_of(self.raw_model),
+            "model": dataclasses.asdict(model_config),
+            "tokenizer_hash": tokenizer_hash,
+            "n_params": n_params,
+        }
+        # The bars go to the console (under Snakemake, not the log: that gets one line per log step). Where the
+        # console is a file or a pipe (CI), a redraw every 30 s at most keeps it readable.
+        self.screen = console()
+        self.bars = {
+            "disable": not ranks.is_writer,
+            "file": self.screen,
+            "mininterval": 0.2 if self.screen.isatty() else 30,
+        }
+
+    def resume(self) -> None:
+        """Continues from the run folder's last checkpoint, if any, after checking that it is this run's."""
+        resume = load_resume_point(self.run_dir)
+        if resume is None:
+            return
+        weights, state = resume
+        check_resumable(self.run_dir, state, dataclasses.asdict(self.model_config), self.fingerprint)
+        self.raw_model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.position = Position(
+            state["step"], state["epoch"], state["batch_in_epoch"], state["best_val"], state["skipped_steps"]
+        )
+        self.guard.in_a_row = state["nonfinite_in_a_row"]
+        restore_rng_states(state["rng"])
+        p = self.position
+        print(f"resuming {self.run_dir} at step {p.step} (epoch {p.epoch}, batch {p.batch_in_epoch})", file=sys.stderr)
+
+    def prepare_folder(self, config: dict, tokenizer_path: str | Path) -> None:
+        """Rank 0: the run's config and its own tokenizer (a run folder is all `pianomuse complete` needs), the
+        metrics log, and a line about the model."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        shutil.copyfile(tokenizer_path, self.run_dir / "tokenizer.json")
+        self.metrics = MetricsLog(self.run_dir / "metrics.csv", self.position.step)
+        print(
+            f"model: {self.info['n_params'] / 1e6:.2f}M parameters, {self.data.max_steps} steps on "
+            f"{self.ranks.device} x{self.ranks.world_size} ({torch.get_num_threads()} CPU threads)",
+            file=sys.stderr,
+        )
+
+    def checkpoint(self, extra_metrics: dict) -> None:
+        p = self.position
+        state = {
+            "step": p.step,
+            "epoch": p.epoch,
+            "batch_in_epoch": p.batch_in_epoch,
+            "best_val": p.best_val,
+            "skipped_steps": p.skipped,
+            "nonfinite_in_a_row": self.guard.in_a_row,
+            "model_config": dataclasses.asdict(self.model_config),
+            "windows_fingerprint": self.fingerprint,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
+        save_resume_point(self.raw_model, {**self.info, "step": p.step, "metrics": extra_metrics}, state, self.run_dir)
+
+    def step(self, batch: Batch, batches_in_epoch: int) -> tuple[float, float, bool]:
+        """One optimiser step on `batch`, and the run's position after it; returns (loss, grad norm, updated)."""
+        s, p = self.settings, self.position
+        loss, grad_norm, finite = train_step(
+            self.model, self.optimizer, batch, s.grad_clip, self.autocast, self.ranks.world_size
+        )
+        self.scheduler.step()
+        p.step, p.batch_in_epoch = p.step + 1, p.batch_in_epoch + 1
+        if p.batch_in_epoch == batches_in_epoch:
+            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+        if not finite:
+            p.skipped += 1
+            print(f"step {p.step}: non-finite loss {loss} / grad norm {grad_norm}, update skipped", file=sys.stderr)
+        self.guard.record(finite, p.step)
+        return loss, grad_norm, finite
+
+    def validate_subset(self) -> float:
+        """Validation NLL on the fixed subset; a new best is saved as best.pth."""
+        subset = tqdm(self.data.eval_loader, desc="validation (subset)", unit="batch", leave=False, **self.bars)
+        val_nll = mean_nll(self.raw_model, subset, self.ranks.device, self.autocast)
+        if val_nll < self.position.best_val:
+            self.position.best_val = val_nll
+            info = {**self.info, "step": self.position.step, "metrics": {"val_nll": val_nll}}
+            save_weights(self.raw_model, info, self.run_dir, "best")
+        return val_nll
+
+    def train_until(self, stop_at_step: int | None = None) -> None:
+        """Trains to `max_steps`, or stops after `stop_at_step` as a kill after that step's checkpoint would."""
+        s, p, data, writer, max_steps = (
+            self.settings,
+            self.position,
+            self.data,
+            self.ranks.is_writer,
+            self.data.max_steps,
+        )
+        self.model.train()
+        progress = tqdm(total=max_steps, initial=p.step, desc=f"train {self.run_dir.name}", unit="step", **self.bars)
+        session_start, session_step = time.perf_counter(), p.step  # for the ETA: this process's pace
+        interval = LogInterval()
+        while p.step < max_steps and (stop_at_step is None or p.step < stop_at_step):
+            batches = data.epoch(p.epoch)
+            for batch in data.train_loader(batches[p.batch_in_epoch :]):
+                batch = batch.to(self.ranks.device)
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss, grad_norm, finite = self.step(batch, len(batches))
+                world_size = self.ranks.world_size
+                interval.add(loss, finite, batch.real_tokens * world_size, batch.inputs.numel() * world_size)
+                progress.update(1)
+                last = p.step == max_steps
+                val_nll = self.validate_subset() if writer and (p.step % s.eval_every == 0 or last) else None
+                if writer and (p.step % s.log_every == 0 or val_nll is not None or last):
+                    row = interval.row(p.step, p.epoch, lr, val_nll, grad_norm, p.skipped)
+                    self.metrics.append(row)
+                    postfix = {"loss": row["train_loss"], "tok_s": row["tokens_per_s"], "val": row["val_nll"] or "-"}
+                    progress.set_postfix(postfix, refresh=False)
+                    pace = (time.perf_counter() - session_start) / (p.step - session_step)
+                    tqdm.write(log_line(row, max_steps, pace), file=sys.stderr)
+                    interval = LogInterval()
+                if writer and (p.step % s.checkpoint_every == 0 or last):
+                    self.checkpoint({"val_nll": val_nll, "best_val_nll": p.best_val})
+                if last or p.step == stop_at_step:
+                    break
+        progress.close()
+
+    def finish(self, vocab_size: int) -> dict:
+        """The summary of a finished run; rank 0 validates on every window and writes last.json, loss.png and
+        done.json (written last: it marks the run finished)."""
+        p, data = self.position, self.data
+        summary = {"step": p.step, "max_steps": data.max_steps, "best_val_nll_subset": p.best_val}
+        if not self.ranks.is_writer:
+            return summary
+        n_windows, n_batches = len(data.val_lengths), len(data.full_val_batches)
+        print(f"validation: all {n_windows} windows in {n_batches} batches", file=sys.stderr)
+        full_val = tqdm(data.val_loader(data.full_val_batches), desc="validation", unit="batch", **self.bars)
+        summary["val_nll"] = mean_nll(self.raw_model, full_val, self.ranks.device, self.autocast)
+        summary["unigram_nll"] = unigram_nll(data.train_ds, data.val_ds, vocab_size)
+        for stream in {sys.stderr, self.screen}:  # the log, and the console when that is elsewhere
+            print(
+                f"validation NLL per completion token: {summary['val_nll']:.4f} "
+                f"(unigram baseline {summary['unigram_nll']:.4f})",
+                file=stream,
+            )
+        write_json({**self.info, "step": p.step, "metrics": summary}, self.run_dir / "last.json")
+        plot_losses(self.run_dir / "metrics.csv", self.run_dir / "loss.png", summary["unigram_nll"])
+        write_json(summary, self.run_dir / "done.json")
+        return summary
 
 
 def train(
@@ -284,172 +443,21 @@ def train(
 
     `stop_at_step` ends the process early, as a kill after that step's checkpoint would (used to test resuming).
     """
-    cfg = config["train"]
-    run_dir = Path(run_dir)
-    rank, world_size, local_rank = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)), 0
-    if world_size > 1:
-        local_rank = int(os.environ["LOCAL_RANK"])
-    device = resolve_device(cfg["device"], local_rank)
-    if world_size > 1:
-        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-    is_writer = rank == 0
-    seed_everything(cfg["seed"])
-    autocast = partial(torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-
+    settings, run_dir = TrainSettings.of(config["train"]), Path(run_dir)
+    ranks = Ranks.start(settings.device)
+    seed_everything(settings.seed)
     tokenizer = load_tokenizer(tokenizer_path)
-    vocab_size, pad_id = len(tokenizer.vocab), tokenizer.pad_token_id
-    train_ds, val_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(val_dir))
-    train_lengths, val_lengths = window_lengths(train_ds), window_lengths(val_ds)
-
-    def batches_of_epoch(epoch: int) -> list[list[int]]:
-        batches = epoch_batches(train_lengths, cfg["batch_tokens"], cfg["seed"], epoch, cfg["bucket_windows"])
-        return shard_for_rank(batches, rank, world_size)
-
-    max_steps = cfg["max_steps"] or cfg["epochs"] * len(batches_of_epoch(0))
-    eval_windows = eval_subset(val_lengths, cfg["eval_windows"], cfg["seed"])
-    eval_batches = pack_by_length(eval_windows, val_lengths, cfg["batch_tokens"])
-    eval_loader = batch_loader(val_ds, eval_batches, pad_id, cfg["num_workers"], scored="completion")
-    full_val_batches = pack_by_length(np.arange(len(val_lengths)), val_lengths, cfg["batch_tokens"])
-
-    mconfig = model_config(config, vocab_size)
-    model = build_model(mconfig).to(device)
-    optimizer, scheduler = make_optimizer(model, cfg, max_steps)
-    step, epoch, batch_in_epoch, best_val, skipped = 0, 0, 0, math.inf, 0
-    guard = NonFiniteGuard(cfg["max_nonfinite_steps"])
-
-    data_fingerprint = windows_fingerprint(train_dir, val_dir)
-    resume = load_resume_point(run_dir)
-    if resume is not None:
-        weights, state = resume
-        if state["model_config"] != dataclasses.asdict(mconfig):
-            raise RuntimeError(
-                f"{run_dir} holds a run of a different model ({state['model_config']}); "
-                "choose another train.run or delete that folder"
-            )
-        if "windows_fingerprint" not in state:
-            warnings.warn(f"{run_dir} was saved without a windows fingerprint (older pianomuse): not checked")
-        elif state["windows_fingerprint"] != data_fingerprint:
-            raise RuntimeError(
-                f"{run_dir} holds a run trained on other windows (the windows were rebuilt since, e.g. after a "
-                "windows/tokenizer/preset change); choose another train.run or delete that folder"
-            )
-        model.load_state_dict(weights)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        best_val, skipped, guard.in_a_row = state["best_val"], state["skipped_steps"], state["nonfinite_in_a_row"]
-        restore_rng_states(state["rng"])
-        print(f"resuming {run_dir} at step {step} (epoch {epoch}, batch {batch_in_epoch})", file=sys.stderr)
-    raw_model = model
-    if world_size > 1:
-        device_ids = [local_rank] if device.type == "cuda" else None
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-
-    n_params = sum(p.numel() for p in raw_model.parameters())
-    info = {
-        "arch": arch_of(raw_model), "model": dataclasses.asdict(mconfig), "tokenizer_hash": tokenizer_hash(tokenizer_path),
-        "n_params": n_params,
-    }
-    if is_writer:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        # The checkpoints' own tokenizer, so that a run folder is all `pianomuse complete` needs.
-        shutil.copyfile(tokenizer_path, run_dir / "tokenizer.json")
-        metrics = MetricsLog(run_dir / "metrics.csv", step)
-        print(
-            f"model: {n_params / 1e6:.2f}M parameters, {max_steps} steps on {device} x{world_size} "
-            f"({torch.get_num_threads()} CPU threads)",
-            file=sys.stderr,
-        )
-
-    def checkpoint(extra_metrics: dict) -> None:
-        state = {
-            "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "best_val": best_val,
-            "skipped_steps": skipped, "nonfinite_in_a_row": guard.in_a_row,
-            "model_config": dataclasses.asdict(mconfig), "windows_fingerprint": data_fingerprint,
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        }
-        save_resume_point(raw_model, {**info, "step": step, "metrics": extra_metrics}, state, run_dir)
-
-    model.train()
-    # The bar goes to the console (under Snakemake, not the log: that gets one line per log step). Where the
-    # console is a file or a pipe (CI), a redraw every 30 s at most keeps it readable.
-    screen = console()
-    bars = {"disable": not is_writer, "file": screen, "mininterval": 0.2 if screen.isatty() else 30}
-    progress = tqdm(total=max_steps, initial=step, desc=f"train {run_dir.name}", unit="step", **bars)
-    session = {"start": time.perf_counter(), "step": step}  # for the ETA: this process's pace
-    window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
-    while step < max_steps and (stop_at_step is None or step < stop_at_step):
-        batches = batches_of_epoch(epoch)
-        for batch in batch_loader(train_ds, batches[batch_in_epoch:], pad_id, cfg["num_workers"], cfg["loss"]):
-            batch = batch.to(device)
-            lr = optimizer.param_groups[0]["lr"]
-            loss, grad_norm, finite = train_step(model, optimizer, batch, cfg["grad_clip"], autocast, world_size)
-            scheduler.step()
-            step, batch_in_epoch = step + 1, batch_in_epoch + 1
-            if batch_in_epoch == len(batches):
-                epoch, batch_in_epoch = epoch + 1, 0
-            if not finite:
-                skipped += 1
-                print(f"step {step}: non-finite loss {loss} / grad norm {grad_norm}, update skipped", file=sys.stderr)
-            guard.record(finite, step)
-            if finite:
-                window["loss"] += loss
-                window["updates"] += 1
-            window["tokens"] += batch.real_tokens * world_size
-            window["padded"] += batch.inputs.numel() * world_size
-            progress.update(1)
-
-            val_nll = None
-            if is_writer and (step % cfg["eval_every"] == 0 or step == max_steps):
-                subset = tqdm(eval_loader, desc="validation (subset)", unit="batch", leave=False, **bars)
-                val_nll = evaluate(raw_model, subset, device, autocast)
-                if val_nll < best_val:
-                    best_val = val_nll
-                    save_weights(raw_model, {**info, "step": step, "metrics": {"val_nll": val_nll}}, run_dir, "best")
-            if is_writer and (step % cfg["log_every"] == 0 or val_nll is not None or step == max_steps):
-                elapsed = time.perf_counter() - window["start"]
-                row = {
-                    "step": step, "epoch": epoch, "lr": f"{lr:.6g}",
-                    "train_loss": f"{window['loss'] / window['updates']:.6f}" if window["updates"] else "",
-                    "val_nll": "" if val_nll is None else f"{val_nll:.6f}",
-                    "tokens_per_s": f"{window['tokens'] / elapsed:.1f}",
-                    "padding_fraction": f"{1 - window['tokens'] / window['padded']:.4f}",
-                    "grad_norm": f"{grad_norm:.6f}", "skipped_steps": skipped,
-                }
-                metrics.append(row)
-                progress.set_postfix(loss=row["train_loss"], tok_s=row["tokens_per_s"], val=row["val_nll"] or "-",
-                                     refresh=False)
-                pace = (time.perf_counter() - session["start"]) / (step - session["step"])
-                tqdm.write(log_line(row, max_steps, pace), file=sys.stderr)
-                window = {"loss": 0.0, "updates": 0, "tokens": 0, "padded": 0, "start": time.perf_counter()}
-            if is_writer and (step % cfg["checkpoint_every"] == 0 or step == max_steps):
-                checkpoint({"val_nll": val_nll, "best_val_nll": best_val})
-            if step == max_steps or step == stop_at_step:
-                break
-    progress.close()
-    if step < max_steps:  # stopped early on request
-        return {"step": step}
-
-    summary = {"step": step, "max_steps": max_steps, "best_val_nll_subset": best_val}
-    if is_writer:
-        full_val_loader = batch_loader(val_ds, full_val_batches, pad_id, cfg["num_workers"], scored="completion")
-        print(f"validation: all {len(val_lengths)} windows in {len(full_val_batches)} batches", file=sys.stderr)
-        full_val = tqdm(full_val_loader, desc="validation", unit="batch", **bars)
-        summary["val_nll"] = evaluate(raw_model, full_val, device, autocast)
-        summary["unigram_nll"] = unigram_nll(train_ds, val_ds, vocab_size)
-        for stream in {sys.stderr, screen}:  # the log, and the console when that is elsewhere
-            print(
-                f"validation NLL per completion token: {summary['val_nll']:.4f} "
-                f"(unigram baseline {summary['unigram_nll']:.4f})",
-                file=stream,
-            )
-        save_json({**info, "step": step, "metrics": summary}, run_dir / "last.json")
-        plot_losses(run_dir / "metrics.csv", run_dir / "loss.png", summary["unigram_nll"])
-        save_json(summary, run_dir / "done.json")
-    if world_size > 1:
+    data = RunData(settings, ranks, train_dir, val_dir, tokenizer.pad_token_id)
+    fingerprint = windows_fingerprint(train_dir, val_dir)
+    mconfig = model_config(config, len(tokenizer.vocab))
+    run = TrainingRun(settings, ranks, data, mconfig, run_dir, tokenizer_hash(tokenizer_path), fingerprint)
+    if ranks.is_writer:
+        run.prepare_folder(config, tokenizer_path)
+    run.train_until(stop_at_step)
+    if run.position.step < data.max_steps:  # stopped early on request
+        return {"step": run.position.step}
+    summary = run.finish(len(tokenizer.vocab))
+    if ranks.world_size > 1:
         torch.distributed.destroy_process_group()
     return summary
 
@@ -458,7 +466,9 @@ def train(
 # Entry points: in-process for one device, torchrun for several
 
 
-def launch(config: dict, train_dir, val_dir, tokenizer_path, run_dir) -> None:
+def launch(
+    config: dict, train_dir: str | Path, val_dir: str | Path, tokenizer_path: str | Path, run_dir: str | Path
+) -> None:
     """Train on `train.devices` devices: in this process for one, under torchrun (DDP) for more."""
     devices = config["train"]["devices"]
     if devices == 1:
@@ -469,8 +479,18 @@ def launch(config: dict, train_dir, val_dir, tokenizer_path, run_dir) -> None:
     config_path = run_dir / "config.yaml"
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={devices}",
-        "-m", "pianomuse.train", str(config_path), str(train_dir), str(val_dir), str(tokenizer_path), str(run_dir),
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={devices}",
+        "-m",
+        "pianomuse.train",
+        str(config_path),
+        str(train_dir),
+        str(val_dir),
+        str(tokenizer_path),
+        str(run_dir),
     ]
     print(" ".join(command), file=sys.stderr)
     subprocess.run(command, check=True)

@@ -56,7 +56,9 @@ class KVCache:
     length: int = 0
 
     @classmethod
-    def empty(cls, config: TransformerConfig, batch_size: int, device, dtype) -> KVCache:
+    def empty(
+        cls, config: TransformerConfig, batch_size: int, device: torch.device | str, dtype: torch.dtype
+    ) -> KVCache:
         shape = (batch_size, config.n_head, 0, config.head_size)
         return cls(
             [torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
@@ -69,7 +71,7 @@ class KVCache:
             return
         capacity = max(length, 2 * capacity, 64)
 
-        def grown(t):
+        def grown(t: torch.Tensor) -> torch.Tensor:
             bigger = t.new_zeros(t.shape[0], t.shape[1], capacity, t.shape[3])
             bigger[:, :, : self.length] = t[:, :, : self.length]
             return bigger

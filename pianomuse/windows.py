@@ -16,22 +16,17 @@ Tempo changes inside the window are kept as they are.
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
-from miditok import REMI
 
+from pianomuse.files import atomic_folder
+from pianomuse.remi import TempoMarkers, downbeat_header, list_array, shard_rows, tempo_at_bars
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.tokens import list_array
 
 WINDOW_SCHEMA = pa.schema(
     [
@@ -42,79 +37,6 @@ WINDOW_SCHEMA = pa.schema(
         ("transpose", pa.int8()),  # semitones, from the token shard
     ]
 )
-
-
-@dataclass(frozen=True)
-class TempoMarkers:
-    """The ids that say where tempos are stated in a REMI stream."""
-
-    position_0: int
-    is_tempo: np.ndarray  # bool over the vocabulary
-    pad: int
-
-    @classmethod
-    def of(cls, tokenizer: REMI) -> TempoMarkers:
-        if not (tokenizer.config.use_tempos and tokenizer.config.use_time_signatures):
-            raise ValueError("bar windows need a tokenizer with tempos and time signatures (a TimeSig after every Bar)")
-        is_tempo = np.zeros(len(tokenizer.vocab), dtype=bool)
-        is_tempo[[i for token, i in tokenizer.vocab.items() if token.startswith("Tempo_")]] = True
-        return cls(tokenizer.vocab["Position_0"], is_tempo, tokenizer.pad_token_id)
-
-
-def tempo_at_bars(ids: np.ndarray, bar_offsets: np.ndarray, markers: TempoMarkers) -> tuple[np.ndarray, np.ndarray]:
-    """For every bar: the Tempo id in force at its downbeat, and how many of the tokens after its `Bar, TimeSig`
-    already state it (2 for `Position_0, Tempo_t`, 1 for `Position_0` alone, 0 when the bar starts later or is empty).
-    """
-    after_header = bar_offsets.astype(np.int64) + 2
-    padded = np.concatenate([ids, [markers.pad, markers.pad]])  # a bar may end the ids right after its header
-    starts_at_0 = padded[after_header] == markers.position_0
-    sets_tempo = starts_at_0 & markers.is_tempo[padded[after_header + 1]]
-    if len(bar_offsets) and not sets_tempo[0]:
-        raise ValueError("the first bar sets no tempo at its downbeat: not a REMI stream from this tokenizer")
-    tempo_indices = np.flatnonzero(markers.is_tempo[ids])
-    # The last Tempo before each Bar token; for the first bar (nothing before it) sets_tempo holds.
-    last_before = np.maximum(np.searchsorted(tempo_indices, bar_offsets) - 1, 0)
-    tempo = np.where(sets_tempo, padded[after_header + 1], ids[tempo_indices[last_before]]).astype(np.uint16)
-    return tempo, starts_at_0.astype(np.int64) + sets_tempo
-
-
-def downbeat_header(ids: np.ndarray, bar_offset: int, tempo_id: int, markers: TempoMarkers) -> np.ndarray:
-    """`Bar, TimeSig_x, Position_0, Tempo_t`: the start of a bar that states the time signature and tempo in force."""
-    return np.array([ids[bar_offset], ids[bar_offset + 1], markers.position_0, tempo_id], dtype=np.uint16)
-
-
-def standalone_bars(ids: np.ndarray, bar_offsets: np.ndarray, markers: TempoMarkers, first: int, end: int) -> np.ndarray:
-    """Bars first .. end-1 of a stream as a stream of their own: the first restates time signature and tempo."""
-    tempo, stated = tempo_at_bars(ids, bar_offsets, markers)
-    bounds = np.append(bar_offsets, len(ids)).astype(np.int64)
-    body_start = bounds[first] + 2 + stated[first]
-    return np.concatenate([downbeat_header(ids, bounds[first], tempo[first], markers), ids[body_start : bounds[end]]])
-
-
-def shard_rows(shard_path: str | Path) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-    """(piece_id, transpose, ids, bar_offsets) of every row of a token shard, the arrays sliced from whole columns."""
-    table = pq.read_table(shard_path, columns=["piece_id", "transpose", "ids", "bar_offsets"])
-    columns = {}
-    for name in ["ids", "bar_offsets"]:
-        lists = table[name].combine_chunks()
-        offsets = lists.offsets.to_numpy()
-        columns[name] = (lists.flatten().to_numpy(), offsets - offsets[0])
-    (ids, ids_at), (bars, bars_at) = columns["ids"], columns["bar_offsets"]
-    for r, (piece_id, transpose) in enumerate(zip(table["piece_id"].to_pylist(), table["transpose"].to_pylist())):
-        yield piece_id, transpose, ids[ids_at[r] : ids_at[r + 1]], bars[bars_at[r] : bars_at[r + 1]]
-
-
-def save_dataset_atomic(dataset: datasets.Dataset, out_dir: str | Path) -> None:
-    """save_to_disk into a temporary folder beside `out_dir`, then rename it: a failed run leaves no partial dataset."""
-    out_dir = Path(out_dir)
-    tmp = out_dir.with_name(f".{out_dir.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        dataset.save_to_disk(str(tmp))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def shard_windows(
@@ -140,7 +62,9 @@ def shard_windows(
         fits = lengths <= max_tokens
         counts["windows_over_cap"] += int((~fits).sum())
         counts["tokens"] += int(lengths[fits].sum())
-        for s, body_start, split, end in zip(first_bars[fits], body_starts[fits], splits[fits], ends[fits], strict=True):
+        for s, body_start, split, end in zip(
+            first_bars[fits], body_starts[fits], splits[fits], ends[fits], strict=True
+        ):
             contexts.append(np.concatenate([downbeat_header(ids, bounds[s], tempo[s], markers), ids[body_start:split]]))
             completions.append(ids[split:end])
         piece_ids += [piece_id] * int(fits.sum())
@@ -187,7 +111,7 @@ def build_windows(
         tables.append(table)
         counts.update(shard_counts)
     windows = pa.concat_tables(tables) if tables else WINDOW_SCHEMA.empty_table()
-    save_dataset_atomic(datasets.Dataset(windows), out_dir)
+    atomic_folder(out_dir, lambda tmp: datasets.Dataset(windows).save_to_disk(str(tmp)))
     return {
         "windows": len(windows),
         **{key: counts[key] for key in ["pieces", "pieces_too_short", "windows_over_cap", "tokens"]},

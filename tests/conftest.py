@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from pianomuse.checkpoint import save_weights
-from pianomuse.kernels.checks import perturbed_model
+from pianomuse.kernel_record import perturbed_model
 from pianomuse.model import RWKV7Config
 from pianomuse.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_hash
 

@@ -13,9 +13,9 @@ from symusic import Score
 from pianomuse.augment import LOOP_MARK, Loops, augment_shard, pitch_shift_table, transpose_ids
 from pianomuse.files import write_parquet_atomic
 from pianomuse.maestro import read_metadata
+from pianomuse.remi import TempoMarkers, list_array, merge_piano_tracks, standalone_bars
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.tokens import TOKEN_SHARD_SCHEMA, list_array, merge_piano_tracks, tokenize_piece
-from pianomuse.windows import TempoMarkers, standalone_bars
+from pianomuse.tokens import TOKEN_SHARD_SCHEMA, tokenize_piece
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,10 @@ def tokenizer(tokenizer_path):
 def write_token_shard(tokenizer, scores: dict[str, Score], path, transpose: int = 0):
     """A token shard (TOKEN_SHARD_SCHEMA) of `scores` (piece_id -> score), tokenized like the tokenize stage."""
     midi_dir = path.parent / "midi"
-    pieces = [tokenize_piece(tokenizer, write_midi(score, midi_dir / f"{piece_id}.midi")) for piece_id, score in scores.items()]
+    pieces = [
+        tokenize_piece(tokenizer, write_midi(score, midi_dir / f"{piece_id}.midi"))
+        for piece_id, score in scores.items()
+    ]
     columns = {
         "piece_id": list(scores),
         "split": ["train"] * len(scores),
@@ -94,9 +97,13 @@ def test_augment_shard_writes_the_transpositions_that_fit(tokenizer, tokenizer_p
     assert augmented.schema == TOKEN_SHARD_SCHEMA
     rows = augmented.to_pandas()
     assert list(zip(rows["piece_id"], rows["transpose"])) == [
-        ("2004/high", -2), ("2004/high", 1),
-        ("2004/low", 1), ("2004/low", 3),
-        ("2004/mid", -2), ("2004/mid", 1), ("2004/mid", 3),
+        ("2004/high", -2),
+        ("2004/high", 1),
+        ("2004/low", 1),
+        ("2004/low", 3),
+        ("2004/mid", -2),
+        ("2004/mid", 1),
+        ("2004/mid", 3),
     ]
     table = pitch_shift_table(tokenizer)
     for row in rows.itertuples():
@@ -157,7 +164,10 @@ def test_token_space_transposition_equals_miditok_augment_score(tokenizer, maest
 
 
 def test_loop_rows_repeat_one_span_of_the_piece_exactly(tokenizer, tokenizer_path, tmp_path):
-    scores = {"2004/a": make_piano_score(bars=6, notes_per_bar=4, seed=3), "2004/b": make_piano_score(bars=5, notes_per_bar=3, seed=4)}
+    scores = {
+        "2004/a": make_piano_score(bars=6, notes_per_bar=4, seed=3),
+        "2004/b": make_piano_score(bars=5, notes_per_bar=3, seed=4),
+    }
     shard = write_token_shard(tokenizer, scores, tmp_path / "shard.parquet")
     loops = Loops(per_piece=3, span_bars=[1, 2, 4], length_bars=7, seed=0)
 
@@ -187,7 +197,7 @@ def test_loop_rows_repeat_one_span_of_the_piece_exactly(tokenizer, tokenizer_pat
     again = augment_shard(tokenizer_path, shard, [2], tmp_path / "again.parquet", loops)
     assert again == {**stats, "seconds": again["seconds"]}
     assert pq.read_table(tmp_path / "again.parquet").equals(pq.read_table(tmp_path / "augment.parquet"))
-    other = augment_shard(tokenizer_path, shard, [2], tmp_path / "other.parquet", Loops(3, [1, 2, 4], 7, seed=1))
+    augment_shard(tokenizer_path, shard, [2], tmp_path / "other.parquet", Loops(3, [1, 2, 4], 7, seed=1))
     other_ids = pq.read_table(tmp_path / "other.parquet").to_pandas()["piece_id"].tolist()
     assert other_ids != rows["piece_id"].tolist()
 

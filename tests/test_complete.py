@@ -18,7 +18,7 @@ from symusic import Note, Score, Tempo, Track
 import pianomuse.complete as complete_module
 from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
-from pianomuse.kernels.decode import CompiledStep
+from pianomuse.decode_step import CompiledStep
 from pianomuse.sampling import StreamUniforms
 from pianomuse.tokenizer import build_tokenizer, save_tokenizer
 
@@ -48,7 +48,7 @@ def test_random_model_samples_always_decode_with_exactly_m_bars(completer, time_
     """200 streams per time signature (25 seeds x 8 samples), hot sampling, short bars so the budget path runs too."""
     prompt = completer.prompt_ids(make_piano_score(3, 3, time_signature=time_signature, seed=2), 2)
     for seed in range(25):
-        sampling = Sampling(bars=2, samples=8, temperature=1.5, seed=seed, max_tokens_per_bar=24)
+        sampling = Sampling(bars=2, samples=8, temperature=1.5, top_p=1.0, seed=seed, max_tokens_per_bar=24)
         continuations = completer.generate(prompt, sampling, progress=False)
         check_samples(completer, prompt, continuations, bars=2)
 
@@ -166,9 +166,28 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 def test_cli_writes_every_sample(checkpoint, prompt_midi, tmp_path, capsys):
     out = tmp_path / "out"
     args = [
-        "complete", str(prompt_midi), "--checkpoint", str(checkpoint), "--from-bar", "2", "--to-bar", "5",
-        "--bars", "2", "--samples", "2", "--temperature", "0.9", "--top-p", "0.95", "--top-k", "50", "--seed", "1",
-        "-o", str(out),
+        "complete",
+        str(prompt_midi),
+        "--checkpoint",
+        str(checkpoint),
+        "--from-bar",
+        "2",
+        "--to-bar",
+        "5",
+        "--bars",
+        "2",
+        "--samples",
+        "2",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.95",
+        "--top-k",
+        "50",
+        "--seed",
+        "1",
+        "-o",
+        str(out),
     ]
     code, stdout, _ = run_cli(args, capsys)
     assert code == 0
@@ -190,11 +209,32 @@ def test_cli_help_explains_every_option_and_shows_the_defaults(capsys):
     with pytest.raises(SystemExit):
         main(["complete", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for option in ["--checkpoint", "--tokenizer", "--prompt-bars", "--from-bar", "--to-bar", "--bars", "--samples",
-                   "--temperature", "--top-p", "--top-k", "--seed", "--device", "--threads", "--output"]:
+    for option in [
+        "--checkpoint",
+        "--tokenizer",
+        "--prompt-bars",
+        "--from-bar",
+        "--to-bar",
+        "--bars",
+        "--samples",
+        "--temperature",
+        "--top-p",
+        "--top-k",
+        "--seed",
+        "--device",
+        "--threads",
+        "--output",
+    ]:
         assert f"{option} " in text
-    for shown in ["M (default: 4)", "K (default: 4)", "(default: 1.0)", "(default: 0)", "(default: cpu)",
-                  "the last bar J of the prompt", "its best.pth is used"]:
+    for shown in [
+        "M (default: 4)",
+        "K (default: 4)",
+        "(default: 1.0)",
+        "(default: 0)",
+        "(default: cpu)",
+        "the last bar J of the prompt",
+        "its best.pth is used",
+    ]:
         assert shown in text, shown
     assert "%(default)" not in text
 
@@ -225,7 +265,9 @@ def other_tokenizer(tmp_path_factory) -> Path:
 )
 def test_cli_rejects_bad_settings(checkpoint, prompt_midi, tmp_path, capsys, extra, message):
     out = tmp_path / "out"
-    code, _, stderr = run_cli(["complete", str(prompt_midi), "--checkpoint", str(checkpoint), "-o", str(out), *extra], capsys)
+    code, _, stderr = run_cli(
+        ["complete", str(prompt_midi), "--checkpoint", str(checkpoint), "-o", str(out), *extra], capsys
+    )
     assert code == 1
     assert message in stderr and "Traceback" not in stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half-written, no staging folder left
@@ -239,7 +281,10 @@ def test_cli_rejects_bad_files(checkpoint, prompt_midi, other_tokenizer, tmp_pat
         ([str(tmp_path / "absent.mid"), "--checkpoint", str(checkpoint)], "prompt file not found"),
         ([str(prompt_midi), "--checkpoint", str(tmp_path / "absent.pth")], "checkpoint not found"),
         ([str(prompt_midi), "--checkpoint", str(tmp_path)], "is a folder without best.pth; pass a training run's"),
-        ([str(prompt_midi), "--checkpoint", str(checkpoint), "--tokenizer", str(other_tokenizer)], "tokenizer mismatch"),
+        (
+            [str(prompt_midi), "--checkpoint", str(checkpoint), "--tokenizer", str(other_tokenizer)],
+            "tokenizer mismatch",
+        ),
     ]
     for args, message in cases:
         code, _, stderr = run_cli(["complete", *args, "-o", str(tmp_path / "out")], capsys)

@@ -2,11 +2,13 @@
 
 import copy
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pianomuse.complete import Sampling
 from pianomuse.config import (
     ConfigError,
     apply_preset,
@@ -63,7 +65,11 @@ def changed_folders(section: str, key: str, value) -> set[str]:
 def test_data_folders_are_named_by_the_settings_each_stage_depends_on():
     folders = data_folders(WORKFLOW_CONFIG)
     assert [folder.rsplit("/", 1)[0] for folder in folders.values()] == [
-        "results/maestro", "results/tokenizer", "results/tokens", "results/augment", "results/windows"
+        "results/maestro",
+        "results/tokenizer",
+        "results/tokens",
+        "results/augment",
+        "results/windows",
     ]
     assert data_folders(copy.deepcopy(WORKFLOW_CONFIG)) == folders  # stable
     assert changed_folders("windows", "context_bars", 3) == {"windows"}
@@ -100,3 +106,14 @@ def test_a_run_on_other_data_or_of_another_model_is_refused_and_says_what_change
     (tmp_path / "last.state.pt").write_bytes(b"")
     with pytest.raises(ConfigError, match="holds a run of another model"):
         check_run_data(tmp_path, record, {**model, "n_layer": 1})
+
+
+def test_the_sampling_sections_hold_the_sampling_defaults():
+    """`Sampling` is the one source of the sampling defaults; config.yaml's evaluate and probe sections repeat them
+    (the evaluate section has no `bars`: it continues the test windows' completion bars)."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    defaults = asdict(Sampling())
+    defaults.pop("max_tokens_per_bar")
+    assert config["probe"] == defaults
+    evaluate = {name: config["evaluate"][name] for name in defaults if name != "bars"}
+    assert evaluate == {name: value for name, value in defaults.items() if name != "bars"}

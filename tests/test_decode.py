@@ -1,4 +1,4 @@
-"""The compiled RWKV-7 decoding step (csrc/rwkv7_decode_cpu.cpp) against its twin, `RWKV7.step`."""
+"""The compiled RWKV-7 decoding step (pianomuse/kernels/csrc/rwkv7_decode_cpu.cpp) against its twin, `RWKV7.step`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import pianomuse.kernels.build as kernel_build
-from pianomuse.kernels.checks import perturbed_model
-from pianomuse.kernels.decode import LAYER_WEIGHTS, CompiledStep, decode_step_for
+from pianomuse.decode_step import LAYER_WEIGHTS, CompiledStep, decode_step_for
+from pianomuse.kernel_record import perturbed_model
 from pianomuse.model import RWKV7, RWKV7Config, state_repeat
 
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -30,7 +30,7 @@ def test_compiled_step_follows_the_twin_token_by_token(cpu_kernel, n_layer, n_em
     model = perturbed_model(RWKV7Config(vocab_size=200, n_layer=n_layer, n_embd=n_embd, head_size=head_size), seed=3)
     tokens = torch.randint(0, 200, (batch, 40), generator=torch.Generator().manual_seed(4))
     _, prefilled = model(tokens[:, :10], return_state=True)  # att_x / ffn_x are views into the activations
-    # The compiled step consumes the state it is given (see decode.Step), so it starts from a copy.
+    # The compiled step consumes the state it is given (see decode_step.Step), so it starts from a copy.
     compiled, state, twin_state = CompiledStep(cpu_kernel, model), state_repeat(prefilled, 1), prefilled
     for t in range(10, 40):
         twin_logits, twin_state = model.step(tokens[:, t], twin_state)

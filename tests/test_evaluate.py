@@ -12,8 +12,8 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from symusic import Note, Score, Track
 from midi_factory import make_piano_score
+from symusic import Note, Score, Track
 from workflow_helpers import TINY_TRAIN, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
 from pianomuse.cli import main as cli_main
@@ -48,11 +48,10 @@ from pianomuse.metrics import (
     velocity_overlap,
 )
 from pianomuse.model import load_rwkv_pth
-from pianomuse.probe import REPEAT as PROBE_REPEAT
-from pianomuse.probe import TEXTURES, probe_figures
+from pianomuse.probe import REPEAT as PROBE_REPEAT, TEXTURES, probe_figures
+from pianomuse.remi import pitch_token_ids
+from pianomuse.scoring import unigram_nll
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.tokens import pitch_token_ids
-from pianomuse.train import unigram_nll
 
 TPQ = 480
 
@@ -70,7 +69,8 @@ def score_of(notes: list[tuple[float, float, int, int]]) -> Score:
 # Two bars of C major: quarter notes in bar 1, a chord then eighth notes in bar 2.
 C_MAJOR = score_of(
     [(i, 1, p, 64) for i, p in enumerate([60, 62, 64, 65])]
-    + [(4, 2, 48, 80), (4, 2, 55, 80)] + [(4 + 0.5 * i, 0.5, p, 72) for i, p in enumerate([67, 69, 71, 72])]
+    + [(4, 2, 48, 80), (4, 2, 55, 80)]
+    + [(4 + 0.5 * i, 0.5, p, 72) for i, p in enumerate([67, 69, 71, 72])]
 )
 
 
@@ -105,8 +105,10 @@ def test_ratios_against_an_empty_truth_are_nan_and_left_out_of_means():
 
 
 # Bars of an A-minor figure: A C E held, a passing G# (the leading tone), then the tune down to A.
-A_MINOR = score_of([(0, 2, 57, 64), (0, 4, 45, 64), (2, 1, 60, 64), (3, 1, 64, 64), (4, 1, 68, 64), (5, 1, 69, 64),
-                    (6, 1, 67, 64), (7, 1, 65, 64), (8, 1, 64, 64), (9, 1, 62, 64), (10, 1, 60, 64), (11, 2, 57, 64)])
+A_MINOR = score_of([
+    (0, 2, 57, 64), (0, 4, 45, 64), (2, 1, 60, 64), (3, 1, 64, 64), (4, 1, 68, 64), (5, 1, 69, 64),
+    (6, 1, 67, 64), (7, 1, 65, 64), (8, 1, 64, 64), (9, 1, 62, 64), (10, 1, 60, 64), (11, 2, 57, 64),
+])  # fmt: skip
 
 
 def transposed(score: Score, semitones: int) -> Score:
@@ -180,6 +182,8 @@ def test_prompts_take_one_window_per_piece_first_and_are_seeded():
 
 TINY_EVALUATE = {"prompts": 2, "samples": 2, "top_k": 50, "nll_windows": 32}
 TINY_PROBE = {"bars": 1, "samples": 1, "top_k": 50}
+
+
 # The stages that no windows, train or evaluate setting changes: the tiny run's tokens, transpositions and kernels.
 def shared_stages(workdir: Path) -> list[str]:
     data = data_dirs(workdir, "overrides.yaml")
@@ -208,7 +212,8 @@ def assert_report_filled(out: Path, prompts: int, sampled: int = 1) -> None:
         2 * 2  # NLL per token, NLL per note
         + 2  # key agreement
         + (1 + len(METRICS))
-        + (1 + 1 + len(TEXTURES)) + 2 * (1 + probes)  # probe: summary, per prompt, piano rolls
+        + (1 + 1 + len(TEXTURES))
+        + 2 * (1 + probes)  # probe: summary, per prompt, piano rolls
         + 2 * (1 + prompts)  # prompts and samples, piano rolls
     )
     for line in table_rows:
@@ -247,12 +252,16 @@ def assert_measures_side_by_side(results: dict, prompts: int, samples: int, base
 @pytest.mark.maestro
 def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, tokenized_workflow, maestro_dir):
     workdir = tokenized_workflow
-    write_tiny_run_overrides(workdir, maestro_dir, {
-        "windows": {"context_bars": 2, "completion_bars": 2, "step": 4, "max_tokens": 1024},
-        "train": {**TINY_TRAIN, "run": "tiny"},
-        "evaluate": TINY_EVALUATE,
-        "probe": TINY_PROBE,
-    })
+    write_tiny_run_overrides(
+        workdir,
+        maestro_dir,
+        {
+            "windows": {"context_bars": 2, "completion_bars": 2, "step": 4, "max_tokens": 1024},
+            "train": {**TINY_TRAIN, "run": "tiny"},
+            "evaluate": TINY_EVALUATE,
+            "probe": TINY_PROBE,
+        },
+    )
     snakemake(workdir, "evaluate", "--configfile", "overrides.yaml")  # with both baselines, the default
 
     out = workdir / "results/eval/tiny"
@@ -273,9 +282,24 @@ def test_snakemake_evaluate_on_a_tiny_run_writes_a_filled_report(tmp_path, token
     prompt = maestro_dir / "2004/MIDI-Unprocessed_SMF_02_R1_2004_01-05_ORIG_MID--AUDIO_02_R1_2004_05_Track05_wav.midi"
     completions = tmp_path / "completions"
     command = [
-        "complete", str(prompt), "--checkpoint", str(workdir / "results/checkpoints/tiny/best.pth"),
-        "--prompt-bars", "4", "--bars", "2", "--samples", "3", "--temperature", "1.0", "--top-p", "0.95",
-        "--seed", "7", "-o", str(completions),
+        "complete",
+        str(prompt),
+        "--checkpoint",
+        str(workdir / "results/checkpoints/tiny/best.pth"),
+        "--prompt-bars",
+        "4",
+        "--bars",
+        "2",
+        "--samples",
+        "3",
+        "--temperature",
+        "1.0",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "7",
+        "-o",
+        str(completions),
     ]
     assert cli_main(command) == 0
     tokenizer = load_tokenizer(workdir / "results/checkpoints/tiny/tokenizer.json")
@@ -313,7 +337,9 @@ def test_mirex_preset_evaluates_4_bar_prompts_continued_for_12_bars(tokenized_wo
         assert prompt["prompt_bars"] == 4
         assert prompt["samples"]["RWKV-7"]["bars"] == [12, 12] and prompt["samples"]["RWKV-7"]["token_errors"] == [0, 0]
         for k in range(2):
-            continuation = tokenizer.encode(Score(str(out / f"samples/prompt-{p}/rwkv-7/sample-{k}.continuation.mid")))[0]
+            continuation = tokenizer.encode(Score(str(out / f"samples/prompt-{p}/rwkv-7/sample-{k}.continuation.mid")))[
+                0
+            ]
             # Re-encoding drops trailing empty bars, so a valid 12-bar continuation may read as fewer.
             assert tokenizer.tokens_errors(continuation) == 0 and continuation.tokens.count("Bar_None") <= 12
     assert_report_filled(out, prompts=2)
@@ -355,14 +381,19 @@ def test_nll_per_token_and_per_note_of_every_likelihood_system(tokenizer_path):
     two_nats = lambda contexts, completions: np.array([2.0 * len(m) for m in completions])  # noqa: E731
     results = nll_results(
         {"two nats a token": two_nats, "unigram": unigram_window_nll(train, len(tokenizer.vocab))},
-        tokenizer, test, n_windows=100, seed=0,
+        tokenizer,
+        test,
+        n_windows=100,
+        seed=0,
     )
     assert (results["windows"], results["tokens"], results["notes"]) == (12, tokens, notes)
     flat = results["systems"]["two nats a token"]
     assert flat["per_token"][0] == pytest.approx(2.0) and flat["per_token"][3] == 12
     assert flat["per_note"][0] == pytest.approx(2.0 * tokens / notes)
     # The unigram scores the windows as the training-time baseline scores a split.
-    assert results["systems"]["unigram"]["per_token"][0] == pytest.approx(unigram_nll(train, test, len(tokenizer.vocab)))
+    assert results["systems"]["unigram"]["per_token"][0] == pytest.approx(
+        unigram_nll(train, test, len(tokenizer.vocab))
+    )
 
 
 class Oracle:
@@ -398,13 +429,27 @@ def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
     test_ds = datasets.Dataset.from_dict(rows)
     oracle = Oracle(completer, {tuple(c): m for c, m in zip(rows["context_ids"], rows["completion_ids"])})
     two_nats = lambda contexts, completions: np.array([2.0 * len(m) for m in completions])  # noqa: E731
-    settings = {"prompts": 3, "samples": 2, "temperature": 1.0, "top_p": 0.95, "top_k": None, "seed": 0,
-                "nll_windows": 3}
+    settings = {
+        "prompts": 3,
+        "samples": 2,
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "top_k": None,
+        "seed": 0,
+        "nll_windows": 3,
+    }
     results = evaluate_run(
-        settings, 2, completer, {"RWKV-7": completer, "oracle": oracle},
-        {"RWKV-7": model_window_nll(completer.model, torch.device("cpu"), 4096, completer.tokenizer.pad_token_id),
-         "unigram": unigram_window_nll(test_ds, len(completer.tokenizer.vocab)), "two nats": two_nats},
-        test_ds, tmp_path / "eval",
+        settings,
+        2,
+        completer,
+        {"RWKV-7": completer, "oracle": oracle},
+        {
+            "RWKV-7": model_window_nll(completer.model, torch.device("cpu"), 4096, completer.tokenizer.pad_token_id),
+            "unigram": unigram_window_nll(test_ds, len(completer.tokenizer.vocab)),
+            "two nats": two_nats,
+        },
+        test_ds,
+        tmp_path / "eval",
     )
     assert list(results["nll"]["systems"]) == ["RWKV-7", "unigram", "two nats"]
     assert results["nll"]["systems"]["two nats"]["per_token"][0] == pytest.approx(2.0)
@@ -417,7 +462,9 @@ def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
     assert "probe" not in results
     markdown = (tmp_path / "eval/report.md").read_text()
     assert "| measure | RWKV-7 | unigram | two nats |" in markdown
-    agreement_header = "| RWKV-7 | oracle | repeat the prompt's last bars | bars of another test piece | true continuation |"
+    agreement_header = (
+        "| RWKV-7 | oracle | repeat the prompt's last bars | bars of another test piece | true continuation |"
+    )
     assert f"| measure {agreement_header}" in markdown
     for p in range(3):
         for system in ["rwkv-7", "oracle"]:

@@ -29,8 +29,14 @@ def test_rwkv7_matrix_products_match_the_flop_counter(monkeypatch, n_layer, n_em
     the counter would not see in the compiled kernel either, and counted apart below)."""
     monkeypatch.setattr(model_module, "run_wkv", lambda r, w, k, v, a, b, state: (r * w * k + v * a * b, None))
     config = RWKV7Config(
-        vocab_size=37, n_layer=n_layer, n_embd=n_embd, head_size=32, decay_lora=lora[0], iclr_lora=lora[1],
-        value_lora=lora[2], gate_lora=lora[3],
+        vocab_size=37,
+        n_layer=n_layer,
+        n_embd=n_embd,
+        head_size=32,
+        decay_lora=lora[0],
+        iclr_lora=lora[1],
+        value_lora=lora[2],
+        gate_lora=lora[3],
     )
     model = RWKV7(config)
     idx = torch.randint(0, 37, (2, 11))

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pianomuse.kernels import build
+from pianomuse import kernel_record
+from pianomuse.files import write_json
+from pianomuse.kernels import build, toolchain
 
 PROGRAM_FILES = r"C:\Program Files (x86)"
 VSWHERE = PROGRAM_FILES + r"\Microsoft Visual Studio\Installer\vswhere.exe"
@@ -55,7 +57,7 @@ def no_cl(name, path=None):
 
 def test_vswhere_is_queried_for_the_x64_tools_and_vcvars64_found():
     run = FakeRun()
-    assert build.find_vcvars64(run, {VSWHERE, VCVARS}.__contains__, windows_environ()) == VCVARS
+    assert toolchain.find_vcvars64(run, {VSWHERE, VCVARS}.__contains__, windows_environ()) == VCVARS
     command = run.calls[0]
     assert command[command.index("-requires") + 1] == "Microsoft.VisualStudio.Component.VC.Tools.x86.x64"
     assert command[1:] == [
@@ -66,7 +68,7 @@ def test_vswhere_is_queried_for_the_x64_tools_and_vcvars64_found():
 
 def test_ensure_msvc_imports_the_vcvars64_environment():
     environ, run = windows_environ(), FakeRun()
-    build.ensure_msvc(run=run, exists={VSWHERE, VCVARS}.__contains__, environ=environ, which=no_cl)
+    toolchain.ensure_msvc(run=run, exists={VSWHERE, VCVARS}.__contains__, environ=environ, which=no_cl)
     assert environ["Path"].startswith(MSVC_BIN) and environ["INCLUDE"] == r"C:\msvc\include"
     assert run.calls[1] == f'cmd /c ""{VCVARS}" && set"'
     assert not any(name.startswith("*") or name.startswith("[") for name in environ)
@@ -74,7 +76,7 @@ def test_ensure_msvc_imports_the_vcvars64_environment():
 
 def test_ensure_msvc_does_nothing_when_cl_is_on_path():
     environ, run = windows_environ(), FakeRun()
-    build.ensure_msvc(run=run, exists=lambda path: True, environ=environ, which=lambda name, path=None: "cl.exe")
+    toolchain.ensure_msvc(run=run, exists=lambda path: True, environ=environ, which=lambda name, path=None: "cl.exe")
     assert run.calls == [] and environ == windows_environ()
 
 
@@ -84,8 +86,9 @@ def test_ensure_msvc_does_nothing_when_cl_is_on_path():
     ids=["no-vswhere", "no-vc-tools-install", "no-vcvars64"],
 )
 def test_missing_msvc_says_what_to_install(existing, installs):
-    with pytest.raises(build.KernelBuildError) as error:
-        build.ensure_msvc(run=FakeRun(installs), exists=existing.__contains__, environ=windows_environ(), which=no_cl)
+    with pytest.raises(toolchain.KernelBuildError) as error:
+        run, environ = FakeRun(installs), windows_environ()
+        toolchain.ensure_msvc(run=run, exists=existing.__contains__, environ=environ, which=no_cl)
     message = str(error.value)
     assert "Visual Studio 2022 Build Tools" in message and "'Desktop development with C++' workload" in message
     assert "https://visualstudio.microsoft.com/visual-cpp-build-tools/" in message
@@ -93,14 +96,14 @@ def test_missing_msvc_says_what_to_install(existing, installs):
 
 def test_failing_vcvars64_is_reported():
     run = FakeRun(vcvars_output="The system cannot find the path specified.\n")
-    with pytest.raises(build.KernelBuildError, match="vcvars64.bat failed"):
-        build.msvc_environment(run, {VSWHERE, VCVARS}.__contains__, windows_environ())
+    with pytest.raises(toolchain.KernelBuildError, match="vcvars64.bat failed"):
+        toolchain.msvc_environment(run, {VSWHERE, VCVARS}.__contains__, windows_environ())
 
 
 def test_missing_cuda_toolkit_names_the_version_to_install(monkeypatch):
-    monkeypatch.setattr(build.torch.version, "cuda", "12.8")
-    with pytest.raises(build.KernelBuildError, match=r"Install the CUDA Toolkit 12\.8"):
-        build.check_cuda_toolkit(None, which=lambda name: None)
+    monkeypatch.setattr(toolchain.torch.version, "cuda", "12.8")
+    with pytest.raises(toolchain.KernelBuildError, match=r"Install the CUDA Toolkit 12\.8"):
+        toolchain.check_cuda_toolkit(None, which=lambda name: None)
 
 
 def test_default_build_dir_follows_the_environment(monkeypatch, tmp_path):
@@ -124,8 +127,8 @@ def test_default_build_dir_is_named_by_the_kernel_sources(monkeypatch, tmp_path)
 
 def test_build_kernels_writes_a_checked_record(tmp_path):
     # The default directory is the one `wkv7` builds into, so a built kernel is reused rather than compiled again.
-    record = build.build_kernels(build.default_build_dir())
-    build.write_record(record, tmp_path / "kernels" / "kernels.json")
+    record = kernel_record.build_kernels(build.default_build_dir())
+    write_json(record, tmp_path / "kernels" / "kernels.json")
     saved = json.loads((tmp_path / "kernels" / "kernels.json").read_text())
     assert saved["passed"] and saved["torch"] == build.torch.__version__
     cpu = saved["kernels"][0]
@@ -204,10 +207,16 @@ def test_a_lock_file_left_by_a_killed_build_is_cleared_instead_of_waited_on(tmp_
 def test_a_build_in_progress_elsewhere_is_waited_for(tmp_path):
     # Another process holds the OS lock, as a live build does, and its cpp_extension lock file exists.
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX);"
-         " open(sys.argv[2], 'w').close(); print('held', flush=True); time.sleep(2)",
-         str(tmp_path / "build.flock"), str(tmp_path / "lock")],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX);"
+            " open(sys.argv[2], 'w').close(); print('held', flush=True); time.sleep(2)",
+            str(tmp_path / "build.flock"),
+            str(tmp_path / "lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert holder.stdout.readline() == "held\n"
     start = time.monotonic()

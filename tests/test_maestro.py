@@ -94,7 +94,9 @@ def test_metadata_becomes_a_manifest(tmp_path):
 
 
 def test_pieces_per_split_keeps_the_same_subset_for_a_seed(tmp_path):
-    rows = [["C", f"T{i}", split, 2004, f"2004/{split}-{i}.midi", "", 1.0] for split in ["train", "test"] for i in range(6)]
+    rows = [
+        ["C", f"T{i}", split, 2004, f"2004/{split}-{i}.midi", "", 1.0] for split in ["train", "test"] for i in range(6)
+    ]
     maestro_dir = fake_maestro(tmp_path / "maestro", rows)
 
     subset = read_metadata(maestro_dir, pieces_per_split=2, seed=3)
@@ -108,7 +110,10 @@ def test_pieces_per_split_keeps_the_same_subset_for_a_seed(tmp_path):
     [
         ("canonical_composer,split\nBach,train\n", "lacks the columns"),
         (",".join(MAESTRO_CSV_HEADER) + "\nBach,Prelude,holdout,2004,2004/a.midi,2004/a.wav,1.0\n", "has splits"),
-        (",".join(MAESTRO_CSV_HEADER) + "\nBach,Prelude,train,last year,2004/a.midi,2004/a.wav,1.0\n", "malformed year"),
+        (
+            ",".join(MAESTRO_CSV_HEADER) + "\nBach,Prelude,train,last year,2004/a.midi,2004/a.wav,1.0\n",
+            "malformed year",
+        ),
         ("", "not a readable csv"),
     ],
 )

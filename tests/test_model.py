@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pianomuse.kernels import checks
+from pianomuse import kernel_record
 from pianomuse.model import (
     RWKV7,
     UNUSED_LAYER0_KEYS,
@@ -28,8 +28,10 @@ TOL = dict(rtol=0, atol=1e-4)  # max-abs, fp32
 
 
 def perturbed_model(seed: int = 0, **overrides) -> RWKV7:
-    """A tiny model with every parameter moved off its initial value (see `checks.perturbed_model`)."""
-    return checks.perturbed_model(RWKV7Config(**{"vocab_size": VOCAB, "n_layer": 2, "n_embd": 128, **overrides}), seed)
+    """A tiny model with every parameter moved off its initial value (see `kernel_record.perturbed_model`)."""
+    return kernel_record.perturbed_model(
+        RWKV7Config(**{"vocab_size": VOCAB, "n_layer": 2, "n_embd": 128, **overrides}), seed
+    )
 
 
 def random_tokens(batch: int, length: int, seed: int = 0) -> torch.Tensor:
@@ -232,9 +234,18 @@ def test_the_rwkv_package_runs_our_checkpoint_with_the_same_logits_and_state(tmp
     # The package reads RWKV_V7_ON and friends when imported, and sets global torch flags: a fresh process.
     env = {**os.environ, "RWKV_V7_ON": "1", "RWKV_JIT_ON": "0", "RWKV_CUDA_ON": "0"}
     subprocess.run(
-        [sys.executable, "-c", RWKV_PACKAGE_RUN, str(tmp_path / "model"), str(tmp_path / "tokens.json"),
-         str(tmp_path / "out.pt")],
-        env=env, check=True, capture_output=True, cwd=tmp_path,
+        [
+            sys.executable,
+            "-c",
+            RWKV_PACKAGE_RUN,
+            str(tmp_path / "model"),
+            str(tmp_path / "tokens.json"),
+            str(tmp_path / "out.pt"),
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
     )
     theirs = torch.load(tmp_path / "out.pt", weights_only=True)
 

@@ -4,19 +4,16 @@ end to end on a tiny random model."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from symusic import Score
 
 from pianomuse.cli import main
 from pianomuse.complete import CompletionError
 from pianomuse.metrics import notes_of
 from pianomuse.probe import (
-    DEFAULT_SAMPLING,
     OTHER_FIGURE,
     PROMPT_BARS,
     REPEAT,
@@ -86,13 +83,6 @@ def test_scorer_reads_any_resolution_and_rounds_onsets_to_the_nearest_sixteenth(
     assert figure_score(figure.score(4).shift_time(40), figure, 4) == 1.0  # a third of a sixteenth late: same slot
 
 
-def test_config_probe_section_matches_the_command_defaults():
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    defaults = asdict(DEFAULT_SAMPLING)
-    defaults.pop("max_tokens_per_bar")
-    assert config["probe"] == defaults
-
-
 def test_probe_command_end_to_end_on_a_tiny_model(checkpoint, tmp_path, capsys):
     out = tmp_path / "probe"
     args = ["probe", "--checkpoint", str(checkpoint), "--bars", "2", "--samples", "2", "--seed", "3", "-o", str(out)]
@@ -110,7 +100,10 @@ def test_probe_command_end_to_end_on_a_tiny_model(checkpoint, tmp_path, capsys):
         assert scores[REPEAT] == [1.0] and scores[TRANSPOSED] == [0.0] and scores[OTHER_FIGURE][0] < 0.5
         folder = out / "prompts" / prompt["name"]
         assert sorted(p.name for p in folder.iterdir()) == [
-            "prompt.mid", "rwkv-7-sample-0.mid", "rwkv-7-sample-1.mid", "rwkv-7.png"
+            "prompt.mid",
+            "rwkv-7-sample-0.mid",
+            "rwkv-7-sample-1.mid",
+            "rwkv-7.png",
         ]
         assert (out / prompt["rolls"]["RWKV-7"]).stat().st_size > 0
         figure = next(f for f in FIGURES if f.name == prompt["name"])

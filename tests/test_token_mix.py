@@ -1,6 +1,6 @@
-"""The fused token-shift mixes (csrc/token_mix_cpu.cpp) against their pure-PyTorch twin: outputs and every gradient,
-with and without the previous token's input, across row-block boundaries; bits independent of the thread count;
-the fallback to the twin."""
+"""The fused token-shift mixes (pianomuse/kernels/csrc/token_mix_cpu.cpp) against their pure-PyTorch twin: outputs
+and every gradient, with and without the previous token's input, across row-block boundaries; bits independent of
+the thread count; the fallback to the twin."""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
@@ -10,11 +13,12 @@ from midi_factory import make_piano_score, write_midi
 from symusic import ControlChange, Score
 
 from pianomuse.maestro import read_metadata, write_manifest
+from pianomuse.remi import RejectedPiece
+from pianomuse.startup import skip_torch_import
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import (
     REJECTS_SCHEMA,
     TOKEN_SHARD_SCHEMA,
-    RejectedPiece,
     shard_index,
     tokenize_piece,
     tokenize_shard,
@@ -120,10 +124,17 @@ def test_missing_file_is_rejected(tokenizer, tmp_path):
 
 def test_shard_quarantines_bad_files_and_tokenizes_the_rest(tokenizer_path, tmp_path):
     reasons = bad_files(tmp_path)
-    good = {f"2004/good-{i}": write_midi(make_piano_score(bars=4, notes_per_bar=6, seed=i), tmp_path / f"2004/good-{i}.midi") for i in range(3)}
+    good = {
+        f"2004/good-{i}": write_midi(
+            make_piano_score(bars=4, notes_per_bar=6, seed=i), tmp_path / f"2004/good-{i}.midi"
+        )
+        for i in range(3)
+    }
     manifest = manifest_of({**{p: tmp_path / f"{p}.midi" for p in reasons}, **good}, tmp_path / "manifest.parquet")
 
-    stats = tokenize_shard(tokenizer_path, manifest, 0, 1, {"train": (tmp_path / "shard.parquet", tmp_path / "rejects.parquet")})["train"]
+    stats = tokenize_shard(
+        tokenizer_path, manifest, 0, 1, {"train": (tmp_path / "shard.parquet", tmp_path / "rejects.parquet")}
+    )["train"]
 
     shard = pq.read_table(tmp_path / "shard.parquet")
     assert shard.schema == TOKEN_SHARD_SCHEMA
@@ -141,17 +152,24 @@ def test_shard_quarantines_bad_files_and_tokenizes_the_rest(tokenizer_path, tmp_
 
 
 def test_shards_split_the_pieces_by_shard_index_and_skip_other_splits(tokenizer_path, tmp_path):
-    pieces = {f"2004/piece-{i}": write_midi(make_piano_score(bars=2, notes_per_bar=4, seed=i), tmp_path / f"{i}.midi") for i in range(6)}
+    pieces = {
+        f"2004/piece-{i}": write_midi(make_piano_score(bars=2, notes_per_bar=4, seed=i), tmp_path / f"{i}.midi")
+        for i in range(6)
+    }
     manifest = manifest_of(pieces, tmp_path / "manifest.parquet")
 
     by_shard = {}
     for k in range(3):
-        tokenize_shard(tokenizer_path, manifest, k, 3, {"train": (tmp_path / f"{k}.parquet", tmp_path / f"{k}.rejects.parquet")})
+        tokenize_shard(
+            tokenizer_path, manifest, k, 3, {"train": (tmp_path / f"{k}.parquet", tmp_path / f"{k}.rejects.parquet")}
+        )
         by_shard[k] = pq.read_table(tmp_path / f"{k}.parquet")["piece_id"].to_pylist()
     assert sorted(sum(by_shard.values(), [])) == sorted(pieces)
     assert all(shard_index(p, 3) == k for k, ids in by_shard.items() for p in ids)
 
-    stats = tokenize_shard(tokenizer_path, manifest, 0, 1, {"test": (tmp_path / "t.parquet", tmp_path / "t.rejects.parquet")})["test"]
+    stats = tokenize_shard(
+        tokenizer_path, manifest, 0, 1, {"test": (tmp_path / "t.parquet", tmp_path / "t.rejects.parquet")}
+    )["test"]
     assert stats["pieces"] == stats["rejected"] == 0
     assert pq.read_table(tmp_path / "t.parquet").num_rows == 0
     assert pq.read_table(tmp_path / "t.rejects.parquet").num_rows == 0
@@ -174,7 +192,9 @@ def test_real_maestro_pieces(tokenizer, tokenizer_path, maestro_dir, tmp_path):
     manifest = tmp_path / "manifest.parquet"
     write_manifest(metadata.assign(split="train"), manifest)
 
-    stats = tokenize_shard(tokenizer_path, manifest, 0, 1, {"train": (tmp_path / "shard.parquet", tmp_path / "rejects.parquet")})["train"]
+    stats = tokenize_shard(
+        tokenizer_path, manifest, 0, 1, {"train": (tmp_path / "shard.parquet", tmp_path / "rejects.parquet")}
+    )["train"]
 
     assert stats["pieces"] == 3 and stats["rejected"] == 0
     shard = pq.read_table(tmp_path / "shard.parquet").to_pandas()
@@ -186,3 +206,39 @@ def test_real_maestro_pieces(tokenizer, tokenizer_path, maestro_dir, tmp_path):
         assert (row.ids[row.bar_offsets] == bar).all() and (row.ids == bar).sum() == len(row.bar_offsets)
         # A bar of piano at least every few seconds of music.
         assert len(row.bar_offsets) > row.duration / 10
+
+
+TOKENIZE_WITHOUT_TORCH = """
+import sys
+from pianomuse.startup import skip_torch_import
+skip_torch_import()
+from pianomuse.tokens import tokenize_shard
+stats = tokenize_shard(sys.argv[1], sys.argv[2], 0, 1, {"train": (sys.argv[3], sys.argv[4])})
+assert sys.modules["torch"] is None, "torch was imported"
+print(stats["train"]["pieces"], stats["train"]["notes"])
+"""
+
+
+def test_tokenizing_runs_with_the_torch_import_skipped(tokenizer_path, tmp_path):
+    """What workflow/scripts/tokenize.py does: torch never loads, and the shard is the same as with it."""
+    midi = {
+        f"2004/good-{i}": write_midi(make_piano_score(bars=3, notes_per_bar=4, seed=i), tmp_path / f"{i}.mid")
+        for i in range(2)
+    }
+    manifest = manifest_of(midi, tmp_path / "manifest.parquet")
+    outputs = [str(tmp_path / "lean.parquet"), str(tmp_path / "lean.rejects.parquet")]
+    args = [sys.executable, "-c", TOKENIZE_WITHOUT_TORCH, str(tokenizer_path), str(manifest), *outputs]
+    result = subprocess.run(args, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["2", "24"]
+    tokenize_shard(
+        tokenizer_path, manifest, 0, 1, {"train": (tmp_path / "full.parquet", tmp_path / "full.rejects.parquet")}
+    )
+    assert pq.read_table(outputs[0]).equals(pq.read_table(tmp_path / "full.parquet"))
+
+
+def test_skipping_the_torch_import_after_torch_loaded_is_an_error():
+    import torch  # noqa: F401  (loaded in this process already; the import makes that explicit)
+
+    with pytest.raises(RuntimeError, match="torch is imported already"):
+        skip_torch_import()

@@ -1,5 +1,5 @@
-"""Training: token-budget batches, whole-window and completion-only losses, optimiser and schedule, skipping non-finite steps,
-bit-exact resuming, and a tiny end-to-end run through Snakemake on real MAESTRO pieces."""
+"""Training: token-budget batches, whole-window and completion-only losses, optimiser and schedule, skipping
+non-finite steps, bit-exact resuming, and a tiny end-to-end run through Snakemake on real MAESTRO pieces."""
 
 from __future__ import annotations
 
@@ -26,16 +26,10 @@ from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, s
 from pianomuse.checkpoint import save_weights
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7, RWKV7Config
-from pianomuse.train import (
-    NonFiniteGuard,
-    batch_nll,
-    launch,
-    lr_factor,
-    optimizer_groups,
-    read_metrics,
-    train,
-    train_step,
-)
+from pianomuse.optim import lr_factor, optimizer_groups
+from pianomuse.run_log import read_metrics
+from pianomuse.scoring import batch_nll
+from pianomuse.train import NonFiniteGuard, launch, train, train_step
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 TINY_MODEL = {"n_layer": 2, "n_embd": 64, "head_size": 64}
@@ -207,8 +201,19 @@ def run_config(**train_overrides) -> dict:
     config = apply_preset({**CONFIG, "preset": "default"}, {})
     config["model"] = dict(TINY_MODEL)
     config["train"].update(
-        device="cpu", max_steps=8, batch_tokens=1024, bucket_windows=64, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-        dropout=0.1, eval_every=3, eval_windows=8, log_every=1, checkpoint_every=1, num_workers=0,
+        device="cpu",
+        max_steps=8,
+        batch_tokens=1024,
+        bucket_windows=64,
+        lr=3e-3,
+        min_lr=3e-4,
+        warmup_steps=2,
+        dropout=0.1,
+        eval_every=3,
+        eval_windows=8,
+        log_every=1,
+        checkpoint_every=1,
+        num_workers=0,
     )
     config["train"].update(train_overrides)
     return config
@@ -288,7 +293,10 @@ def test_checkpoint_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
         save_weights(RWKV7(RWKV7Config(vocab_size=16, **TINY_MODEL)), {"step": 0}, tmp_path, "best")
     finally:
         os.umask(previous)
-    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {"best.pth": mode, "best.json": mode}
+    assert {path.name: path.stat().st_mode & 0o777 for path in tmp_path.iterdir()} == {
+        "best.pth": mode,
+        "best.json": mode,
+    }
 
 
 TRAIN_UNDER_A_LOG = """
@@ -310,7 +318,9 @@ def test_a_run_under_a_log_shows_progress_on_the_console_and_one_log_line_per_lo
     log = tmp_path / "train.log"
     result = subprocess.run(
         [sys.executable, "-c", TRAIN_UNDER_A_LOG, tmp_path / "config.yaml", log, synthetic_data, tmp_path / "tiny"],
-        capture_output=True, text=True, cwd=REPO,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert result.returncode == 0, log.read_text()
     console = result.stderr
@@ -379,14 +389,27 @@ def wait_for_checkpoint(run_dir: Path, step: int, process: subprocess.Popen, tim
 def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, maestro_dir):
     """A tiny run on 2 pieces per split; Snakemake and the training are killed with -9 mid-run and rerun."""
     workdir = copy_workflow(tmp_path)
-    write_tiny_run_overrides(workdir, maestro_dir, {
-        "windows": {"context_bars": 2, "completion_bars": 1, "step": 4, "max_tokens": 512},
-        "train": {
-            "run": "tiny", "device": "cpu", "max_steps": 20, "batch_tokens": 4096, "lr": 3e-3, "min_lr": 3e-4,
-            "warmup_steps": 3, "eval_every": 10, "eval_windows": 16, "log_every": 5, "checkpoint_every": 5,
-            "num_workers": 1,
+    write_tiny_run_overrides(
+        workdir,
+        maestro_dir,
+        {
+            "windows": {"context_bars": 2, "completion_bars": 1, "step": 4, "max_tokens": 512},
+            "train": {
+                "run": "tiny",
+                "device": "cpu",
+                "max_steps": 20,
+                "batch_tokens": 4096,
+                "lr": 3e-3,
+                "min_lr": 3e-4,
+                "warmup_steps": 3,
+                "eval_every": 10,
+                "eval_windows": 16,
+                "log_every": 5,
+                "checkpoint_every": 5,
+                "num_workers": 1,
+            },
         },
-    })
+    )
     command = [sys.executable, "-m", "snakemake", "--cores", "2", "train", "--configfile", "overrides.yaml"]
     run_dir = workdir / "results/checkpoints/tiny"
     first = subprocess.Popen(
@@ -404,8 +427,17 @@ def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, ma
     log = (workdir / "results/logs/train/tiny.log").read_text()
     assert "resuming" in log and "(2 CPU threads)" in log  # train.threads (8), lowered to --cores 2
     assert "training run tiny on" in result.stdout + result.stderr and "validation" in result.stderr
-    for name in ["done.json", "last.pth", "last.json", "last.state.pt", "best.pth", "best.json", "config.yaml",
-                 "metrics.csv", "loss.png"]:
+    for name in [
+        "done.json",
+        "last.pth",
+        "last.json",
+        "last.state.pt",
+        "best.pth",
+        "best.json",
+        "config.yaml",
+        "metrics.csv",
+        "loss.png",
+    ]:
         assert (run_dir / name).exists(), name
     rows = read_metrics(run_dir / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [5, 10, 15, 20]

@@ -12,15 +12,15 @@ import yaml
 from midi_factory import make_piano_score
 from test_complete import check_samples
 from test_train import deterministic_columns, run, run_config, synthetic_data  # noqa: F401 (a fixture)
+from workflow_helpers import REPO
 
 from pianomuse.complete import Completer, CompletionError, Sampling
 from pianomuse.config import apply_preset
 from pianomuse.model import RWKV7
 from pianomuse.models import arch_of, build_model, matched_mlp_hidden, model_config
+from pianomuse.run_log import read_metrics
 from pianomuse.tokenizer import load_tokenizer
-from pianomuse.train import read_metrics
 from pianomuse.transformer import KVCache, Transformer, TransformerConfig, TransformerDecoder
-from workflow_helpers import REPO
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -128,7 +128,7 @@ def test_a_tiny_transformer_trains_through_train_and_completes_valid_remi(synthe
     completer = Completer.load(tmp_path / "best.pth")
     assert arch_of(completer.model) == "transformer" and isinstance(completer.decoder, TransformerDecoder)
     prompt = completer.prompt_ids(make_piano_score(4, 6, time_signature=(3, 4), seed=3), None)
-    sampling = Sampling(bars=3, samples=4, temperature=1.3, seed=9, max_tokens_per_bar=64)
+    sampling = Sampling(bars=3, samples=4, temperature=1.3, top_p=1.0, seed=9, max_tokens_per_bar=64)
     continuations = completer.generate(prompt, sampling, progress=False)
     check_samples(completer, prompt, continuations, bars=3)
     assert completer.generate(prompt, sampling, progress=False) == continuations  # deterministic for a seed

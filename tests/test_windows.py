@@ -54,7 +54,9 @@ def score_with_changes() -> Score:
     track = Track("piano", 0, False)
     onsets = [bar_start + int(beat * TPQ) for bar_start, (_, beats) in zip(BAR_STARTS, BARS) for beat in beats]
     for i, onset in enumerate(onsets):
-        track.notes.append(Note(onset, TPQ // 2 * (1 + i % 3), PITCHES[i % len(PITCHES)], VELOCITIES[i % len(VELOCITIES)]))
+        track.notes.append(
+            Note(onset, TPQ // 2 * (1 + i % 3), PITCHES[i % len(PITCHES)], VELOCITIES[i % len(VELOCITIES)])
+        )
     # As control changes: MIDI files carry those, symusic reads them back as pedals.
     track.controls.extend([ControlChange(BAR_STARTS[4], 64, 127), ControlChange(BAR_STARTS[4] + 2 * TPQ, 64, 0)])
     score.tracks.append(track)
@@ -66,7 +68,9 @@ def tokenizer(tokenizer_path):
     return load_tokenizer(tokenizer_path)
 
 
-def windows_of(tokenizer, tokenizer_path, tmp_path, scores: dict[str, Score] | None, **settings) -> tuple[dict, datasets.Dataset]:
+def windows_of(
+    tokenizer, tokenizer_path, tmp_path, scores: dict[str, Score] | None, **settings
+) -> tuple[dict, datasets.Dataset]:
     """build_windows over a token shard of `scores` (None: the shard an earlier call wrote); stats and dataset."""
     shard = tmp_path / "shard.parquet"
     if scores is not None:
@@ -86,9 +90,17 @@ def nearest_tempo_token(tokenizer, qpm: float) -> str:
 
 @pytest.mark.parametrize(("context_bars", "completion_bars", "step"), [(3, 2, 2), (4, 12, 1), (1, 1, 3)])
 def test_windows_hold_whole_bars_of_one_piece(tokenizer, tokenizer_path, tmp_path, context_bars, completion_bars, step):
-    scores = {f"2004/piece-{n_bars}": make_piano_score(bars=n_bars, notes_per_bar=4, seed=n_bars) for n_bars in (17, 20)}
+    scores = {
+        f"2004/piece-{n_bars}": make_piano_score(bars=n_bars, notes_per_bar=4, seed=n_bars) for n_bars in (17, 20)
+    }
     stats, ds = windows_of(
-        tokenizer, tokenizer_path, tmp_path, scores, context_bars=context_bars, completion_bars=completion_bars, step=step
+        tokenizer,
+        tokenizer_path,
+        tmp_path,
+        scores,
+        context_bars=context_bars,
+        completion_bars=completion_bars,
+        step=step,
     )
 
     shard = pq.read_table(tmp_path / "shard.parquet").to_pandas().set_index("piece_id")
@@ -121,7 +133,10 @@ def test_short_pieces_are_counted_and_skipped(tokenizer, tokenizer_path, tmp_pat
 
 
 def test_windows_over_the_cap_are_counted_and_dropped_not_truncated(tokenizer, tokenizer_path, tmp_path):
-    scores = {"2004/a": make_piano_score(bars=12, notes_per_bar=1), "2004/b": make_piano_score(bars=12, notes_per_bar=6)}
+    scores = {
+        "2004/a": make_piano_score(bars=12, notes_per_bar=1),
+        "2004/b": make_piano_score(bars=12, notes_per_bar=6),
+    }
     uncapped_stats, uncapped = windows_of(tokenizer, tokenizer_path, tmp_path, scores)
     lengths = np.array([len(c) + len(m) for c, m in zip(uncapped["context_ids"], uncapped["completion_ids"])])
     cap = int(np.median(lengths))
@@ -164,14 +179,18 @@ def test_decoding_a_window_gives_back_its_bars(tokenizer, tokenizer_path, tmp_pa
             for n in score.tracks[0].notes
             if start <= n.time < end
         )
-        assert sorted((n.time / tpq, n.duration / tpq, n.pitch, n.velocity) for n in decoded.tracks[0].notes) == original
+        assert (
+            sorted((n.time / tpq, n.duration / tpq, n.pitch, n.velocity) for n in decoded.tracks[0].notes) == original
+        )
         in_force = [qpm for tick, qpm in TEMPOS if tick <= start][-1]
         changes = [(0.0, in_force)] + [((tick - start) / TPQ, qpm) for tick, qpm in TEMPOS if start < tick < end]
         assert [(t.time / tpq, nearest_tempo_token(tokenizer, t.qpm)) for t in decoded.tempos] == [
             (time, nearest_tempo_token(tokenizer, qpm)) for time, qpm in changes
         ]
         expected_signatures = [(0.0, *BARS[row["start_bar"]][0])] + [
-            ((ts.time - start) / TPQ, ts.numerator, ts.denominator) for ts in score.time_signatures if start < ts.time < end
+            ((ts.time - start) / TPQ, ts.numerator, ts.denominator)
+            for ts in score.time_signatures
+            if start < ts.time < end
         ]
         assert [(ts.time / tpq, ts.numerator, ts.denominator) for ts in decoded.time_signatures] == expected_signatures
 
@@ -207,11 +226,13 @@ def test_the_dataset_round_trips_through_disk_and_pandas(tokenizer, tokenizer_pa
     assert sum(len(c) + len(m) for c, m in zip(frame["context_ids"], frame["completion_ids"])) == stats["tokens"]
 
 
-def test_a_failed_save_leaves_the_previous_dataset_and_a_rerun_replaces_it(tokenizer, tokenizer_path, tmp_path, monkeypatch):
+def test_a_failed_save_leaves_the_previous_dataset_and_a_rerun_replaces_it(
+    tokenizer, tokenizer_path, tmp_path, monkeypatch
+):
     windows_of(tokenizer, tokenizer_path, tmp_path, {"2004/a": make_piano_score(bars=6, notes_per_bar=3)})
 
     def save_half(dataset, path):
-        (Path(path) / "data-00000-of-00001.arrow").parent.mkdir(parents=True)
+        (Path(path) / "data-00000-of-00001.arrow").parent.mkdir(parents=True, exist_ok=True)  # as save_to_disk does
         (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half")
         raise OSError("disk full")
 

@@ -132,7 +132,9 @@ def test_switching_windows_settings_and_back_rebuilds_and_deletes_nothing(workfl
         assert other["windows"] != before["windows"] and other["augment"] == before["augment"]
         snakemake(workflow_run, "data")
         assert file_stamps(before["windows"]) == stamps  # the first configuration's windows, untouched
-        assert json.loads((other["windows"] / "test.stats.json").read_text())["settings"]["windows"]["context_bars"] == 3
+        assert (
+            json.loads((other["windows"] / "test.stats.json").read_text())["settings"]["windows"]["context_bars"] == 3
+        )
     finally:
         edit_config(workflow_run, "windows", "context_bars", 4)
     assert planned_jobs(workflow_run, "data") == Counter()
@@ -253,8 +255,14 @@ TINY_DEMO = {
     "tokenize": {"shards": 1},
     "augment": {"transpositions": [1]},
     "model": {"n_layer": 2, "n_embd": 64, "head_size": 64},
-    "train": {"max_steps": 4, "eval_every": 2, "eval_windows": 8, "log_every": 2, "checkpoint_every": 2,
-              "num_workers": 0},
+    "train": {
+        "max_steps": 4,
+        "eval_every": 2,
+        "eval_windows": 8,
+        "log_every": 2,
+        "checkpoint_every": 2,
+        "num_workers": 0,
+    },
     "evaluate": {"prompts": 2, "samples": 2, "nll_windows": 32},
 }
 

@@ -21,9 +21,15 @@ from midi_factory import make_piano_score, write_midi
 from pianomuse.config import data_folders, deep_merge, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "profiles", "workflow", "envs", "csrc"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "profiles", "workflow", "envs"]
 MAESTRO_CSV_HEADER = [
-    "canonical_composer", "canonical_title", "split", "year", "midi_filename", "audio_filename", "duration"
+    "canonical_composer",
+    "canonical_title",
+    "split",
+    "year",
+    "midi_filename",
+    "audio_filename",
+    "duration",
 ]
 
 
@@ -94,7 +100,10 @@ def serve_as_maestro_zip(source: Path, root: Path):
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(SimpleHTTPRequestHandler, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/{zip_path.name}", hashlib.sha256(zip_path.read_bytes()).hexdigest()
+        yield (
+            f"http://127.0.0.1:{server.server_port}/{zip_path.name}",
+            hashlib.sha256(zip_path.read_bytes()).hexdigest(),
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -102,8 +111,15 @@ def serve_as_maestro_zip(source: Path, root: Path):
 
 # A few-step CPU run for tests that need a trained checkpoint, not a good one.
 TINY_TRAIN = {
-    "device": "cpu", "max_steps": 6, "batch_tokens": 4096, "warmup_steps": 2, "eval_every": 3, "eval_windows": 8,
-    "log_every": 3, "checkpoint_every": 3, "num_workers": 0,
+    "device": "cpu",
+    "max_steps": 6,
+    "batch_tokens": 4096,
+    "warmup_steps": 2,
+    "eval_every": 3,
+    "eval_windows": 8,
+    "log_every": 3,
+    "checkpoint_every": 3,
+    "num_workers": 0,
 }
 
 

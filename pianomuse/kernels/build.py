@@ -1,16 +1,14 @@
-"""Build, load and check the compiled WKV-7 kernels (JIT through torch.utils.cpp_extension and ninja).
+"""Build and load the compiled WKV-7 kernels (JIT through torch.utils.cpp_extension and ninja).
 
-`load_kernel` builds on first use into `$PIANOMUSE_KERNEL_DIR` (default: see `default_build_dir`);
-the Snakemake `kernels` rule calls `build_kernels(build_dir)` and `write_record(record, path)` to build every kernel
-this machine can run, check it against the pure-PyTorch twin and keep a JSON record. On Windows the MSVC
-environment is located with vswhere and imported from vcvars64.bat before building.
+`load_kernel` builds on first use into `$PIANOMUSE_KERNEL_DIR` (default: see `default_build_dir`). The Snakemake
+`kernels` rule builds every kernel this machine can run and checks it against its twins through
+`pianomuse.kernel_record`. Finding the compilers (MSVC on Windows, nvcc) is `pianomuse.kernels.toolchain`'s part.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import ntpath
 import os
 import platform
 import shutil
@@ -18,22 +16,24 @@ import subprocess
 import sys
 import sysconfig
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Callable, Mapping, MutableMapping
+from types import ModuleType
 
 import torch
 
 from pianomuse.files import atomic_write
+from pianomuse.kernels.toolchain import KernelBuildError, check_cuda_toolkit, cpu_compiler_flags, ensure_msvc
 
 try:
     import fcntl
 except ImportError:  # Windows: cpp_extension's own lock file alone guards a build
     fcntl = None
 
-CSRC = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = {  # in csrc/
+CSRC = Path(__file__).resolve().parent / "csrc"  # package data: a wheel ships the sources it builds
+SOURCES = {  # in CSRC
     "cpu": ["wkv7_cpu.cpp", "token_mix_cpu.cpp", "rwkv7_decode_cpu.cpp", "wkv7_cpu_binding.cpp"],
     "cuda": ["wkv7_cuda.cu", "wkv7_cuda_binding.cpp"],
 }
@@ -41,101 +41,7 @@ EXTENSION_NAMES = {"cpu": "pianomuse_wkv7_cpu", "cuda": "pianomuse_wkv7_cuda"}
 NVCC_FLAGS = ["-O3", "-lineinfo"]
 SOURCE_SUFFIXES = {".cpp", ".cu", ".h", ".cuh"}  # what the kernel cache folder's name hashes (not editor files)
 
-MSVC_HELP = (
-    "MSVC was not found. Install Visual Studio 2022 Build Tools with the 'Desktop development with C++' workload "
-    "from https://visualstudio.microsoft.com/visual-cpp-build-tools/ (or run from an 'x64 Native Tools Command "
-    "Prompt' so that cl.exe is on PATH)."
-)
-VC_TOOLS_COMPONENT = "Microsoft.VisualStudio.Component.VC.Tools.x86.x64"
-
 _loaded: dict[tuple[str, str], object] = {}
-
-
-class KernelBuildError(RuntimeError):
-    """A compiled kernel cannot be built here; the message says what to install."""
-
-
-def cpu_compiler_flags(windows: bool = sys.platform == "win32") -> tuple[list[str], list[str]]:
-    """(cflags, ldflags) for the CPU kernel: optimised, with OpenMP so that at::parallel_for runs threads."""
-    if windows:
-        return ["/O2", "/openmp"], []
-    if sys.platform == "darwin":  # macOS torch uses its native thread pool, no OpenMP needed
-        return ["-O3"], []
-    return ["-O3", "-fopenmp"], ["-fopenmp"]
-
-
-# --- Windows: locating MSVC ---------------------------------------------------------------------------------
-
-
-def find_vswhere(environ: Mapping[str, str], exists: Callable[[str], bool]) -> str | None:
-    """Path of vswhere.exe under %ProgramFiles(x86)%, or None."""
-    program_files = environ.get("ProgramFiles(x86)", r"C:\Program Files (x86)")
-    path = ntpath.join(program_files, "Microsoft Visual Studio", "Installer", "vswhere.exe")
-    return path if exists(path) else None
-
-
-def find_vcvars64(run: Callable, exists: Callable[[str], bool], environ: Mapping[str, str]) -> str:
-    """Path of vcvars64.bat of the newest Visual Studio with the x64 C++ tools; raises KernelBuildError if none."""
-    vswhere = find_vswhere(environ, exists)
-    if vswhere is None:
-        raise KernelBuildError(MSVC_HELP)
-    result = run(
-        [vswhere, "-latest", "-products", "*", "-requires", VC_TOOLS_COMPONENT, "-property", "installationPath"],
-        capture_output=True,
-        text=True,
-    )
-    installs = [line.strip() for line in (result.stdout or "").splitlines() if line.strip()]
-    if result.returncode != 0 or not installs:
-        raise KernelBuildError(MSVC_HELP)
-    vcvars = ntpath.join(installs[0], "VC", "Auxiliary", "Build", "vcvars64.bat")
-    if not exists(vcvars):
-        raise KernelBuildError(f"{MSVC_HELP} (vswhere found {installs[0]}, but it has no {vcvars})")
-    return vcvars
-
-
-def parse_set_output(text: str) -> dict[str, str]:
-    """The environment printed by cmd's `set`: NAME=value lines (other lines, e.g. vcvars' banner, are skipped)."""
-    environment = {}
-    for line in text.splitlines():
-        name, sep, value = line.partition("=")
-        if sep and name and not name.startswith(("*", " ")):
-            environment[name] = value
-    return environment
-
-
-def msvc_environment(run: Callable, exists: Callable[[str], bool], environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment after running vcvars64.bat (`cmd /c "vcvars64.bat && set"`)."""
-    vcvars = find_vcvars64(run, exists, environ)
-    result = run(f'cmd /c ""{vcvars}" && set"', capture_output=True, text=True, shell=True)
-    environment = parse_set_output(result.stdout or "")
-    if result.returncode != 0 or not any(name.upper() == "PATH" for name in environment):
-        raise KernelBuildError(f"running {vcvars} failed: {(result.stderr or result.stdout or '').strip()[:500]}")
-    return environment
-
-
-def ensure_msvc(
-    run: Callable = subprocess.run,
-    exists: Callable[[str], bool] = os.path.exists,
-    environ: MutableMapping[str, str] = os.environ,
-    which: Callable[..., str | None] = shutil.which,
-) -> None:
-    """Makes cl.exe usable: if it is not on PATH already, imports the vcvars64.bat environment into `environ`."""
-    if which("cl", path=environ.get("PATH", "")):
-        return
-    environ.update(msvc_environment(run, exists, environ))
-
-
-def check_cuda_toolkit(cuda_home: str | None, which: Callable[..., str | None] = shutil.which) -> str:
-    """Path of nvcc for building the CUDA kernel; raises KernelBuildError saying which toolkit to install."""
-    nvcc_name = "nvcc.exe" if sys.platform == "win32" else "nvcc"
-    nvcc = os.path.join(cuda_home, "bin", nvcc_name) if cuda_home else which("nvcc")
-    if not nvcc or not os.path.exists(nvcc):
-        raise KernelBuildError(
-            f"the CUDA kernel needs nvcc, but no CUDA toolkit was found (CUDA_HOME={cuda_home!r}). Install the CUDA "
-            f"Toolkit {torch.version.cuda} (the version this torch was built with, torch.version.cuda) from "
-            "https://developer.nvidia.com/cuda-toolkit-archive and set CUDA_HOME to it."
-        )
-    return nvcc
 
 
 # --- building and loading -----------------------------------------------------------------------------------
@@ -163,7 +69,7 @@ def use_recorded_kernels(record_path: str | os.PathLike) -> None:
 def staged_sources(device_type: str, build_dir: str | os.PathLike) -> list[Path]:
     """The kernel's sources as copied into `build_dir/src`, from where every checkout compiles them.
 
-    cpp_extension's ninja file names the sources by absolute path: compiling each checkout's own csrc/ would
+    cpp_extension's ninja file names the sources by absolute path: compiling each checkout's own CSRC would
     recompile whenever a checkout at another path used the shared build. A copy is rewritten only when its
     content differs, so an unchanged one keeps its time stamp and ninja finds the build up to date.
     """
@@ -177,7 +83,7 @@ def staged_sources(device_type: str, build_dir: str | os.PathLike) -> list[Path]
 
 
 @contextmanager
-def exclusive_build(directory: Path):
+def exclusive_build(directory: Path) -> Iterator[None]:
     """Holds an OS lock on `directory` for one build, and clears a lock file a killed build left behind.
 
     cpp_extension guards a build folder with a plain `lock` file and waits, silently and forever, while it exists:
@@ -196,7 +102,7 @@ def exclusive_build(directory: Path):
         yield
 
 
-def _compile(device_type: str, build_dir: Path, verbose: bool):
+def _compile(device_type: str, build_dir: Path, verbose: bool) -> ModuleType:
     from torch.utils import cpp_extension
 
     if device_type not in SOURCES:
@@ -224,7 +130,7 @@ def _compile(device_type: str, build_dir: Path, verbose: bool):
         )
 
 
-def load_kernel(device_type: str, build_dir: str | os.PathLike | None = None, verbose: bool = False):
+def load_kernel(device_type: str, build_dir: str | os.PathLike | None = None, verbose: bool = False) -> ModuleType:
     """The compiled kernel module for "cpu" or "cuda", built (or reused) on first call and cached per process."""
     directory = Path(build_dir) if build_dir is not None else default_build_dir()
     key = (device_type, str(directory.resolve()))
@@ -234,7 +140,7 @@ def load_kernel(device_type: str, build_dir: str | os.PathLike | None = None, ve
 
 
 def compile_cuda_object(output: str | os.PathLike, arch: str = "sm_80", nvcc: str = "nvcc") -> Path:
-    """Compiles csrc/wkv7_cuda.cu to an object file only, with the flags cpp_extension uses; returns its path.
+    """Compiles CSRC/wkv7_cuda.cu to an object file only, with the flags cpp_extension uses; returns its path.
 
     It needs no GPU and no CUDA-enabled torch, so it checks on any machine with nvcc that the CUDA source compiles.
     Raises KernelBuildError with nvcc's messages if it does not.
@@ -262,69 +168,3 @@ def compile_cuda_object(output: str | os.PathLike, arch: str = "sm_80", nvcc: st
     if result.returncode != 0:
         raise KernelBuildError(f"nvcc failed ({result.returncode}): {result.stderr.strip()[-4000:]}")
     return output
-
-
-# --- the checked build record -------------------------------------------------------------------------------
-
-
-def _compiler_version(device_type: str) -> str:
-    if device_type == "cuda":
-        from torch.utils import cpp_extension
-
-        command = [check_cuda_toolkit(cpp_extension.CUDA_HOME), "--version"]
-    elif sys.platform == "win32":
-        command = ["cl"]
-    else:
-        command = [os.environ.get("CXX", "c++"), "--version"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError) as error:
-        return f"{command[0]} (version unknown: {error})"
-    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
-    if device_type == "cuda":
-        return f"{command[0]}: {lines[-2] if len(lines) > 1 else ''}".strip()
-    return f"{command[0]}: {lines[0] if lines else ''}"
-
-
-def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
-    """Builds the CPU kernel (and the CUDA one where a GPU is visible), checks each against the twins (the WKV-7
-    recurrence; on the CPU also the token-shift mixes and the whole decoding step), returns a record: what was built, where, with which
-    compiler, and the maximum errors of the checks."""
-    from pianomuse.kernels.checks import check_decode_step, check_kernel, check_token_mix
-
-    device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    kernels = []
-    for device_type in device_types:
-        module = load_kernel(device_type, build_dir, verbose=verbose)
-        checks = [check_kernel(module, device_type, torch.float32)]
-        if device_type == "cpu":
-            checks.extend([check_token_mix(module), check_decode_step(module)])
-        if device_type == "cuda":
-            checks.append(check_kernel(module, device_type, torch.bfloat16))
-        kernels.append(
-            {
-                "name": EXTENSION_NAMES[device_type],
-                "device": device_type if device_type == "cpu" else torch.cuda.get_device_name(),
-                "path": str(Path(module.__file__).resolve()),
-                "sources": [str(source) for source in staged_sources(device_type, build_dir)],
-                "compiler": _compiler_version(device_type),
-                "checks": checks,
-                "passed": all(check["passed"] for check in checks),
-            }
-        )
-    return {
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "build_dir": str(Path(build_dir).resolve()),
-        "kernels": kernels,
-        "passed": all(kernel["passed"] for kernel in kernels),
-    }
-
-
-def write_record(record: dict, path: str | os.PathLike) -> None:
-    """Writes a build record as indented JSON, creating the parent directory."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")

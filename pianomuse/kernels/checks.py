@@ -1,29 +1,34 @@
-"""Numerical checks of the compiled kernels against their pure-PyTorch twins (used by the build record and tests)."""
+"""Numerical checks of the compiled ops against their pure-PyTorch twins (used by the build record and tests).
+
+The check of the whole-model decoding step builds a model, so it lives above the model, in `pianomuse.kernel_record`.
+"""
 
 from __future__ import annotations
 
-import math
+from collections.abc import Callable
+from types import ModuleType
 
 import torch
 import torch.nn.functional as F
 
-from pianomuse.kernels.decode import CompiledStep
 from pianomuse.kernels.token_mix import token_mix_compiled, token_mix_reference
 from pianomuse.kernels.wkv7 import wkv7_compiled, wkv7_reference
-from pianomuse.model import RWKV7, RWKV7Config, state_repeat
 
 INPUT_NAMES = ("r", "w", "k", "v", "a", "b", "state")
 # Maximum error relative to the largest reference magnitude of each compared tensor.
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 
-def random_wkv7_inputs(batch, steps, heads, size, *, device="cpu", dtype=torch.float32, seed=0, with_state=True):
+def random_wkv7_inputs(
+    batch: int, steps: int, heads: int, size: int, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
+    seed: int = 0, with_state: bool = True,
+) -> dict[str, torch.Tensor | None]:  # fmt: skip
     """RWKV-7-like inputs that keep the state bounded: decay exp(w) in (0, 1), a = -kk and b = kk * iclr with kk
     L2-normalised per head and iclr in (0, 1). Returns a dict of r, w, k, v, a, b (dtype) and state (fp32 or None)."""
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, steps, heads, size)
 
-    def randn(*dims):
+    def randn(*dims: int) -> torch.Tensor:
         return torch.randn(*dims, generator=generator)
 
     kk = F.normalize(randn(*shape), dim=-1)
@@ -41,7 +46,7 @@ def random_wkv7_inputs(batch, steps, heads, size, *, device="cpu", dtype=torch.f
     return inputs
 
 
-def outputs_and_grads(fn, inputs: dict, seed: int = 1) -> dict:
+def outputs_and_grads(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]], inputs: dict, seed: int = 1) -> dict:
     """y, the final state and the gradients of every input of `fn` for a fixed random linear loss, as fp32."""
     leaves = {name: x.detach().clone().requires_grad_(True) for name, x in inputs.items() if x is not None}
     y, state = fn(**{name: leaves.get(name) for name in INPUT_NAMES})
@@ -62,7 +67,10 @@ def relative_errors(results: dict, reference: dict) -> dict[str, float]:
     }
 
 
-def check_kernel(kernel, device_type: str, dtype: torch.dtype, shape=(2, 40, 3, 64), seed: int = 0) -> dict:
+def check_kernel(
+    kernel: ModuleType, device_type: str, dtype: torch.dtype, shape: tuple[int, int, int, int] = (2, 40, 3, 64),
+    seed: int = 0,
+) -> dict:  # fmt: skip
     """Compares a kernel module (forward, final state, all gradients) with the twin on one random problem."""
     inputs = random_wkv7_inputs(*shape, device=device_type, dtype=dtype, seed=seed)
     reference = outputs_and_grads(wkv7_reference, inputs)
@@ -79,15 +87,20 @@ def check_kernel(kernel, device_type: str, dtype: torch.dtype, shape=(2, 40, 3, 
     }
 
 
-def check_token_mix(kernel, shape=(3, 70, 96), mixes: int = 6, seed: int = 0) -> dict:
+def check_token_mix(
+    kernel: ModuleType, shape: tuple[int, int, int] = (3, 70, 96), mixes: int = 6, seed: int = 0
+) -> dict:
     """Compares the fused token-shift mixes (outputs and the gradients of x, x_prev and the mixes) with the twin on
     one random problem whose row blocks straddle sequences."""
     generator = torch.Generator().manual_seed(seed)
     batch, _, channels = shape
-    inputs = [torch.randn(*shape, generator=generator), torch.randn(batch, channels, generator=generator),
-              torch.rand(mixes, channels, generator=generator)]
+    inputs = [
+        torch.randn(*shape, generator=generator),
+        torch.randn(batch, channels, generator=generator),
+        torch.rand(mixes, channels, generator=generator),
+    ]
 
-    def run(fn):
+    def run(fn: Callable[..., tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
         leaves = [x.clone().requires_grad_(True) for x in inputs]
         outputs = fn(*leaves)
         weights = torch.Generator().manual_seed(seed + 1)
@@ -103,52 +116,6 @@ def check_token_mix(kernel, shape=(3, 70, 96), mixes: int = 6, seed: int = 0) ->
         "dtype": "float32",
         "shape_BTC": list(shape),
         "mixes": mixes,
-        "max_relative_error": errors,
-        "tolerance": tolerance,
-        "passed": all(error <= tolerance for error in errors.values()),
-    }
-
-
-def perturbed_model(config: RWKV7Config, seed: int = 0) -> RWKV7:
-    """A model with every parameter moved off its initial value, in eval mode.
-
-    The RWKV-LM initialisation zeroes the LoRA down-projections, att.output and ffn.value, which would leave whole
-    paths of the model unchecked; the noise makes every parameter matter.
-    """
-    torch.manual_seed(seed)
-    model = RWKV7(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * (0.5 / math.sqrt(p.shape[-1]) if p.ndim == 2 else 0.1))
-    return model.eval()
-
-
-@torch.inference_mode()
-def check_decode_step(kernel, batch: int = 3, steps: int = 16, seed: int = 0) -> dict:
-    """Compares the compiled decoding step with `RWKV7.step` on a small perturbed model: logits at every step and
-    the state after the last, starting from a parallel prefill's state."""
-    config = RWKV7Config(vocab_size=300, n_layer=2, n_embd=128, head_size=64)
-    model = perturbed_model(config, seed)
-    generator = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(0, config.vocab_size, (batch, 8 + steps), generator=generator)
-    _, prefilled = model(tokens[:, :8], return_state=True)
-    # The compiled step consumes the state it is given (see decode.Step), so it starts from a copy.
-    compiled, state, twin_state = CompiledStep(kernel, model), state_repeat(prefilled, 1), prefilled
-    errors = {"logits": 0.0}
-    for t in range(8, 8 + steps):
-        twin_logits, twin_state = model.step(tokens[:, t], twin_state)
-        logits, state = compiled(tokens[:, t], state)
-        errors["logits"] = max(errors["logits"], relative_errors({"x": logits}, {"x": twin_logits})["x"])
-    for name in ("att_x", "wkv", "ffn_x"):
-        pairs = [(getattr(ours, name), getattr(twins, name)) for ours, twins in zip(state, twin_state, strict=True)]
-        errors[name] = max(relative_errors({"x": ours}, {"x": twin})["x"] for ours, twin in pairs)
-    tolerance = TOLERANCE[torch.float32]
-    return {
-        "kernel": "decode_step",
-        "dtype": "float32",
-        "model": {"n_layer": config.n_layer, "n_embd": config.n_embd, "head_size": config.head_size},
-        "batch": batch,
-        "steps": steps,
         "max_relative_error": errors,
         "tolerance": tolerance,
         "passed": all(error <= tolerance for error in errors.values()),

@@ -1,4 +1,4 @@
-"""RWKV-7's token-shift mixes: a fused C++ op (csrc/token_mix_cpu.cpp) with a pure-PyTorch twin.
+"""RWKV-7's token-shift mixes: a fused C++ op (kernels/csrc/token_mix_cpu.cpp) with a pure-PyTorch twin.
 
 For x [B, T, C], the previous token's input prev (x shifted one step along T, starting from x_prev [B, C] or zeros)
 and M mixes [M, C]:  out_m = x + (prev - x) * mix[m],  M tensors [B, T, C]. The time mix takes its six inputs
@@ -9,7 +9,10 @@ cost a copy of all M gradients in the backward.
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import torch
+from torch.autograd.function import FunctionCtx
 
 from pianomuse.kernels.wkv7 import compiled_kernel
 
@@ -23,14 +26,16 @@ def token_mix_reference(x: torch.Tensor, x_prev: torch.Tensor | None, mix: torch
 
 class _TokenMixFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, kernel, x, x_prev, mix):
+    def forward(
+        ctx: FunctionCtx, kernel: ModuleType, x: torch.Tensor, x_prev: torch.Tensor | None, mix: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
         ctx.kernel = kernel
         ctx.has_prev = x_prev is not None
         ctx.save_for_backward(x, x_prev if x_prev is not None else x.new_empty(0), mix)
         return tuple(kernel.token_mix_forward(x, x_prev, mix))
 
     @staticmethod
-    def backward(ctx, *grads):
+    def backward(ctx: FunctionCtx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
         x, x_prev, mix = ctx.saved_tensors
         # A None gradient means that output did not reach the loss.
         grads = [torch.zeros_like(x) if g is None else g.contiguous() for g in grads]
@@ -39,7 +44,7 @@ class _TokenMixFunction(torch.autograd.Function):
 
 
 def token_mix_compiled(
-    kernel, x: torch.Tensor, x_prev: torch.Tensor | None, mix: torch.Tensor
+    kernel: ModuleType, x: torch.Tensor, x_prev: torch.Tensor | None, mix: torch.Tensor
 ) -> tuple[torch.Tensor, ...]:
     """token_mix through a given compiled CPU kernel module (no fallback); fp32 contiguous inputs."""
     x_prev = x_prev.contiguous() if x_prev is not None else None

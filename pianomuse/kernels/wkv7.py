@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import functools
 import warnings
+from types import ModuleType
 
 import torch
+from torch import Tensor
+from torch.autograd.function import FunctionCtx
 
 _STATE_DTYPE = torch.float32
 
@@ -23,7 +26,9 @@ _kernels: dict[str, object | None] = {}
 _fallback_warned = False
 
 
-def _rwkv7_step(r, w, k, v, a, b, state):
+def _rwkv7_step(
+    r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor
+) -> tuple[Tensor, Tensor]:
     """One step of the recurrence in fp32 on [B, H, N] inputs and a [B, H, N, N] state; returns (y, state)."""
     r, w, k, v, a, b = (x.to(_STATE_DTYPE) for x in (r, w, k, v, a, b))
     state_a = torch.einsum("bhij,bhj->bhi", state, a)
@@ -40,7 +45,9 @@ def _initial_state(r: torch.Tensor, state: torch.Tensor | None) -> torch.Tensor:
     return state.to(_STATE_DTYPE)
 
 
-def wkv7_reference(r, w, k, v, a, b, state=None):
+def wkv7_reference(
+    r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The pure-PyTorch twin: a plain loop over T in fp32, differentiable by autograd. Returns (y, final state)."""
     state = _initial_state(r, state)
     outputs = []
@@ -55,14 +62,19 @@ class _WKV7Function(torch.autograd.Function):
     """Runs a compiled kernel module; backward recomputes states from the forward's checkpoints."""
 
     @staticmethod
-    def forward(ctx, kernel, r, w, k, v, a, b, state0):
+    def forward(
+        ctx: FunctionCtx, kernel: ModuleType, r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor,
+        state0: Tensor,
+    ) -> tuple[Tensor, Tensor]:  # fmt: skip
         y, state_out, checkpoints = kernel.forward(r, w, k, v, a, b, state0)
         ctx.kernel = kernel
         ctx.save_for_backward(r, w, k, v, a, b, checkpoints)
         return y, state_out
 
     @staticmethod
-    def backward(ctx, grad_y, grad_state_out):
+    def backward(
+        ctx: FunctionCtx, grad_y: torch.Tensor | None, grad_state_out: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, ...]:
         r, w, k, v, a, b, checkpoints = ctx.saved_tensors
         # A None gradient means that output did not reach the loss.
         grad_y = torch.zeros_like(r) if grad_y is None else grad_y.to(r.dtype).contiguous()
@@ -72,7 +84,7 @@ class _WKV7Function(torch.autograd.Function):
         return (None, *grads)
 
 
-def _kernel_inputs(tensors) -> list[torch.Tensor]:
+def _kernel_inputs(tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     """r, w, k, v, a, b as contiguous tensors of the one dtype the compiled kernel reads: on CUDA their promoted
     dtype (fp32, bf16 or fp16; an fp32 w under bf16 autocast keeps its precision), on the CPU fp32."""
     dtype = functools.reduce(torch.promote_types, (x.dtype for x in tensors))
@@ -81,7 +93,9 @@ def _kernel_inputs(tensors) -> list[torch.Tensor]:
     return [x.to(dtype).contiguous() for x in tensors]
 
 
-def wkv7_compiled(kernel, r, w, k, v, a, b, state=None):
+def wkv7_compiled(
+    kernel: ModuleType, r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """wkv7 through a given compiled kernel module (no fallback); see `wkv7`. y comes back in r's dtype."""
     tensors = (r, w, k, v, a, b)
     if len({x.shape for x in tensors}) != 1 or r.dim() != 4:
@@ -103,7 +117,7 @@ def _warn_fallback_once(device_type: str, error: Exception) -> None:
         )
 
 
-def compiled_kernel(device_type: str):
+def compiled_kernel(device_type: str) -> ModuleType | None:
     """The compiled kernel for a device type, built on first use; None (after one warning) if that fails."""
     if device_type not in _kernels:
         from pianomuse.kernels.build import load_kernel
@@ -116,7 +130,9 @@ def compiled_kernel(device_type: str):
     return _kernels[device_type]
 
 
-def wkv7(r, w, k, v, a, b, state=None):
+def wkv7(
+    r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """The WKV-7 recurrence over [B, T, H, N] inputs; returns (y in the input dtype, final state [B, H, N, N] fp32).
 
     CUDA tensors run the CUDA kernel, CPU tensors the C++ kernel; if that kernel cannot be built or loaded this
@@ -128,7 +144,7 @@ def wkv7(r, w, k, v, a, b, state=None):
     return wkv7_compiled(kernel, r, w, k, v, a, b, state)
 
 
-def wkv7_step(r, w, k, v, a, b, state):
+def wkv7_step(r: Tensor, w: Tensor, k: Tensor, v: Tensor, a: Tensor, b: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
     """One recurrence step for RNN-mode decoding: [B, H, N] inputs, [B, H, N, N] fp32 state -> (y, new state).
 
     On CUDA, outside autograd, this runs the single-step kernel; otherwise it is plain torch (differentiable).

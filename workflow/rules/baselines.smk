@@ -13,7 +13,7 @@ rule ngram:
         model=BASELINE_CHECKPOINTS["ngram"],
         info=BASELINE_DONE["ngram"],
     params:
-        out_dir=NGRAM_DIR,
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
         settings=config["ngram"],
         seed=config["train"]["seed"],
     threads: 1  # counting is numpy sorts: one core

@@ -1,15 +1,20 @@
-# Names every rule file shares: the splits and shards, each data stage's folder, and the training runs.
+# Names and functions shared by all rules files (the splits and shards, each data stage's folder, the training runs)
 #
 # Each data stage writes into a folder named by a hash of the settings it depends on, its own and those upstream
 # (pianomuse.config.data_folders): results/windows/<key>/ for one windows configuration, results/windows/<other>/
 # for another. Switching preset or settings and back reruns nothing and deletes nothing; each configuration's
 # data stays beside the others'.
 
+import glob
+import hashlib
+import os
+
 from snakemake.exceptions import WorkflowError
 
+import pianomuse
 from pianomuse.config import ConfigError, check_run_data, data_folders, run_data_record
+from pianomuse.maestro import SPLITS
 
-SPLITS = ["train", "validation", "test"]
 SHARDS = range(config["tokenize"]["shards"])
 
 DATA = data_folders(config)
@@ -55,3 +60,39 @@ def train_inputs(wildcards):
     except ConfigError as error:
         raise WorkflowError(f"training run {wildcards.run!r} cannot go on: {error}") from None
     return {"train": f"{WINDOWS}/train", "validation": f"{WINDOWS}/validation", "tokenizer": TOKENIZER}
+
+
+def token_shards(split):
+    return expand(f"{TOKENS}/{{split}}/shard-{{k}}.parquet", split=split, k=SHARDS)
+
+
+def window_sources(wildcards):
+    """Train windows read the original shards and their transpositions; validation and test only the originals."""
+    shards = token_shards(wildcards.split)
+    if wildcards.split == "train":
+        shards += expand(f"{AUGMENT}/train/shard-{{k}}.parquet", k=SHARDS)
+    return shards
+
+
+def train_gpus(config):
+    return 0 if config["train"]["device"] == "cpu" else config["train"]["devices"]
+
+
+# The kernel sources, the ops and their build and checks, and the stage that checks the whole-model decoding step
+# on top of them: those of the pianomuse this workflow imports (a checkout, or an installed wheel).
+KERNEL_FILES = sorted(
+    path
+    for pattern in ["kernels/csrc/*", "kernels/*.py", "kernel_record.py", "decode_step.py"]
+    for path in glob.glob(os.path.join(os.path.dirname(pianomuse.__file__), pattern))
+)
+
+
+def kernel_files_digest():
+    """A hash of the names and contents of KERNEL_FILES: the kernels rule reruns when it changes, wherever the
+    package and the workflow live (a moved or copied checkout, with its results/, finds its kernels up to date)."""
+    digest = hashlib.sha256()
+    for path in KERNEL_FILES:
+        with open(path, "rb") as source:
+            digest.update(f"{os.path.basename(path)}\0".encode())
+            digest.update(source.read())
+    return digest.hexdigest()

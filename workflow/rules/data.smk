@@ -2,18 +2,6 @@
 # its settings (common.smk); logs and benchmarks are kept per folder too.
 
 
-def token_shards(split):
-    return expand(TOKENS + "/{split}/shard-{k}.parquet", split=split, k=SHARDS)
-
-
-def window_sources(wildcards):
-    """Train windows read the original shards and their transpositions; validation and test only the originals."""
-    shards = token_shards(wildcards.split)
-    if wildcards.split == "train":
-        shards += expand(AUGMENT + "/train/shard-{k}.parquet", k=SHARDS)
-    return shards
-
-
 wildcard_constraints:
     split="|".join(SPLITS),
     k=r"\d+",
@@ -58,8 +46,8 @@ rule tokenize:
         tokenizer=rules.tokenizer.output[0],
     output:
         # One job per shard index covers every split: similar loads per job, start-up paid once.
-        shards=expand(TOKENS + "/{split}/shard-{{k}}.parquet", split=SPLITS),
-        rejects=expand(TOKENS + "/{split}/shard-{{k}}.rejects.parquet", split=SPLITS),
+        shards=expand(f"{TOKENS}/{{split}}/shard-{{{{k}}}}.parquet", split=SPLITS),
+        rejects=expand(f"{TOKENS}/{{split}}/shard-{{{{k}}}}.rejects.parquet", split=SPLITS),
     params:
         splits=SPLITS,
         shards=config["tokenize"]["shards"],
@@ -76,10 +64,10 @@ rule tokenize:
 rule augment:
     input:
         tokenizer=rules.tokenizer.output[0],
-        shard=TOKENS + "/train/shard-{k}.parquet",
+        shard=f"{TOKENS}/train/shard-{{k}}.parquet",
     output:
-        shard=AUGMENT + "/train/shard-{k}.parquet",
-        stats=AUGMENT + "/train/shard-{k}.stats.json",
+        shard=f"{AUGMENT}/train/shard-{{k}}.parquet",
+        stats=f"{AUGMENT}/train/shard-{{k}}.stats.json",
     params:
         transpositions=config["augment"]["transpositions"],
         loops=config["augment"]["loops"],
@@ -98,8 +86,8 @@ rule windows:
         tokenizer=rules.tokenizer.output[0],
         shards=window_sources,
     output:
-        dataset=directory(WINDOWS + "/{split}"),
-        stats=WINDOWS + "/{split}.stats.json",
+        dataset=directory(f"{WINDOWS}/{{split}}"),
+        stats=f"{WINDOWS}/{{split}}.stats.json",
     params:
         context_bars=config["windows"]["context_bars"],
         completion_bars=config["windows"]["completion_bars"],
@@ -119,4 +107,4 @@ rule windows:
 
 rule data:
     input:
-        expand(WINDOWS + "/{split}", split=SPLITS),
+        expand(f"{WINDOWS}/{{split}}", split=SPLITS),

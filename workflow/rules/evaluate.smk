@@ -49,9 +49,9 @@ rule evaluate:
         metrics=f"{EVAL_DIR}/metrics.json",
         samples=directory(f"{EVAL_DIR}/samples"),
     params:
-        run_dir=RUN_DIR,
+        run_dir=lambda wildcards, input: os.path.dirname(input.done),
         baselines=[BASELINE_CHECKPOINTS[name] for name in BASELINES],
-        eval_dir=EVAL_DIR,
+        eval_dir=lambda wildcards, output: os.path.dirname(output.metrics),
         settings=config["evaluate"],
         completion_bars=config["windows"]["completion_bars"],
         device=config["train"]["device"],

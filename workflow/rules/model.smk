@@ -1,22 +1,14 @@
 # Model stages: the compiled CPU/CUDA kernels, built and checked against their pure-PyTorch twins.
 #
 # The build goes to the per-user kernel cache, whose folder is named by the torch and Python versions and a hash of
-# csrc/ (pianomuse.kernels.build.default_build_dir): every checkout, workflow copy and `pianomuse complete` with the
-# same sources shares one build instead of compiling again. The record names the folder; train and evaluate load
-# what it names. The inputs are paths relative to the working directory, so that a moved or copied checkout (with
-# its results/) finds its kernels up to date.
-
-KERNEL_SOURCES = sorted(
-    os.path.relpath(path)
-    for pattern in ["csrc/*", "pianomuse/kernels/*.py"]
-    for path in glob.glob(os.path.join(workflow.basedir, pattern))
-)
-
+# the kernel sources, pianomuse/kernels/csrc/ (pianomuse.kernels.build.default_build_dir): every checkout, workflow
+# copy and `pianomuse complete` with the same sources shares one build instead of compiling again. The record
+# names the folder; train and evaluate load what it names.
 
 rule kernels:
-    input:
-        # The kernel sources and the Python that builds and checks them.
-        sources=KERNEL_SOURCES,
+    params:
+        # The kernel sources and the Python that builds and checks them, by content (see kernel_files_digest).
+        sources=kernel_files_digest(),
     output:
         record="results/kernels/kernels.json",
     log:

@@ -6,10 +6,6 @@
 # which reruns the incomplete job) continues from them. Only done.json, written last, marks a finished run.
 
 
-def train_gpus(config):
-    return 0 if config["train"]["device"] == "cpu" else config["train"]["devices"]
-
-
 wildcard_constraints:
     run=r"[A-Za-z0-9_.-]+",
 
@@ -21,7 +17,7 @@ rule train_run:
     output:
         done="results/checkpoints/{run}/done.json",
     params:
-        run_dir="results/checkpoints/{run}",
+        run_dir=lambda wildcards, output: os.path.dirname(output.done),
         model=lambda wildcards: run_config(wildcards.run)["model"],
         train=lambda wildcards: run_config(wildcards.run)["train"],
         data=run_data_record(config),

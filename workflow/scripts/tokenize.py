@@ -1,8 +1,6 @@
-import sys
+from pianomuse.startup import skip_torch_import
 
-# miditok imports torch when it is installed, for data loaders tokenizing does not use; that import would
-# cost every shard job a second or two of start-up.
-sys.modules["torch"] = None
+skip_torch_import()  # before miditok is imported: tokenizing needs no torch (see skip_torch_import)
 
 from pianomuse.logs import log_to_file  # noqa: E402
 from pianomuse.tokens import tokenize_shard  # noqa: E402

@@ -1,13 +1,16 @@
 """RNN-mode decoding: a whole RWKV-7 step (every block and the head) in one call to the compiled CPU kernel.
 
+It sits beside the model it steps (it reads the model's weights and state), above the kernels layer.
+
 In RNN mode every op of `RWKV7.step` works on one token per stream, so on a CPU that step's time goes into
-dispatching ~100 small torch ops per block rather than into arithmetic. `csrc/rwkv7_decode_cpu.cpp` computes the
+dispatching ~100 small torch ops per block rather than into arithmetic. `kernels/csrc/rwkv7_decode_cpu.cpp` computes the
 same step with plain loops between its matrix products. `RWKV7.step` is its twin: tests compare the two, and
 `decode_step_for` falls back to it (with the compiled-kernel warning) where the kernel cannot be built.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -19,7 +22,7 @@ from pianomuse.model import RWKV7, LayerState, State
 # advances it in place): callers pass each state once and go on with the returned one.
 Step = Callable[[torch.Tensor, State], tuple[torch.Tensor, State]]
 
-# The order of csrc/rwkv7_decode_cpu.cpp's `LayerWeight`: (module path in a Block, parameter) per slot.
+# The order of kernels/csrc/rwkv7_decode_cpu.cpp's `LayerWeight`: (module path in a Block, parameter) per slot.
 LAYER_WEIGHTS = [
     ("ln0", "weight"), ("ln0", "bias"), ("ln1", "weight"), ("ln1", "bias"), ("ln2", "weight"), ("ln2", "bias"),
     ("att", "x_r"), ("att", "x_w"), ("att", "x_k"), ("att", "x_v"), ("att", "x_a"), ("att", "x_g"),
@@ -51,7 +54,7 @@ class CompiledStep:
     """`RWKV7.step` through the compiled CPU kernel; same arguments and results, except that the state passed in is
     consumed: its tensors are advanced in place (a fresh WKV state per step costs more than the step's arithmetic)."""
 
-    def __init__(self, kernel, model: RWKV7):
+    def __init__(self, kernel: ModuleType, model: RWKV7):
         self.kernel = kernel
         self.weights = decode_weights(model)
         self.head_size = model.config.head_size
