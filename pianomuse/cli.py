@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pianomuse.audio import AudioError, Renderer
 from pianomuse.complete import Completer, CompletionError, Sampling
 from pianomuse.files import staged_folder
 from pianomuse.probe import DEFAULT_SAMPLING, probe_checkpoint
@@ -31,7 +32,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="continue the bars of a MIDI prompt K ways",
         description="Continue the prompt bars of a MIDI file K ways, M bars each. Writes sample-{i}.mid (the "
         "file's own prompt bars, untouched, then the continuation on a track of its own), "
-        "sample-{i}.continuation.mid and a piano roll sample-{i}.png per sample.",
+        "sample-{i}.continuation.mid and a piano roll sample-{i}.png per sample (and sample-{i}.wav with --audio).",
     )
     complete.add_argument("prompt", type=Path, help="MIDI file holding the prompt")
     complete.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
@@ -58,6 +59,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPU threads (default: %(default)s; threads wait on each other on a busy machine, more help on an idle one)",
     )
     complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI and PNG files")
+    complete.add_argument(
+        "--audio", action="store_true", help="also render each sample to sample-{i}.wav (FluidSynth, a GM soundfont)"
+    )
+    complete.add_argument(
+        "--soundfont", type=Path, help="the General MIDI .sf2 for --audio (default: the system's, e.g. fluid-soundfont-gm)"
+    )
 
     probe = commands.add_parser(
         "probe", help="the pattern continuation probe: does the model keep playing a repeated one-bar figure?"
@@ -83,16 +90,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give either --prompt-bars or --from-bar/--to-bar, not both")
     if (args.from_bar is None) != (args.to_bar is None):
         parser.error("--from-bar and --to-bar go together")
+    if args.soundfont is not None and not args.audio:
+        parser.error("--soundfont is for --audio")
     return args
 
 
-def write_outputs(completion, out_dir: Path) -> None:
-    """Every file into a temporary folder beside `out_dir`, then moved in: a failure leaves no partial sample."""
+def write_outputs(completion, out_dir: Path, renderer: Renderer | None = None) -> None:
+    """Every file into a temporary folder beside `out_dir`, then moved in: a failure leaves no partial sample. With
+    a renderer, each sample is also rendered to audio."""
     with staged_folder(out_dir) as staging:
         for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
             full.dump_midi(str(staging / f"sample-{i}.mid"))
             continuation.dump_midi(str(staging / f"sample-{i}.continuation.mid"))
             piano_roll(full, completion.continuation_tick, staging / f"sample-{i}.png", f"sample {i}")
+            if renderer is not None:
+                renderer.write_wav(full, staging / f"sample-{i}.wav")
 
 
 def complete(args: argparse.Namespace) -> None:
@@ -100,10 +112,11 @@ def complete(args: argparse.Namespace) -> None:
     if not args.prompt.is_file():
         raise CompletionError(f"prompt file not found: {args.prompt}")
     sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed)
+    renderer = Renderer(args.soundfont) if args.audio else None  # before any work: a missing soundfont fails first
     torch.set_num_threads(args.threads)
     completer = Completer.load(args.checkpoint, args.tokenizer, args.device)
     completion = completer.complete(args.prompt, prompt_bars, sampling)
-    write_outputs(completion, args.output)
+    write_outputs(completion, args.output, renderer)
     for i, summary in enumerate(completion.summaries):
         print(f"sample-{i}: {summary.notes} notes, {summary.bars} bars, {summary.seconds:.1f} s")
 
@@ -121,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         {"complete": complete, "probe": probe}[args.command](args)
-    except CompletionError as error:
+    except (CompletionError, AudioError) as error:
         print(f"pianomuse: error: {error}", file=sys.stderr)
         return COMPLETION_ERROR
     return 0
