@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from miditok import TokSequence
 
+from pianomuse.audio import Renderer
 from pianomuse.batching import collate_windows, pack_by_length, window_lengths
 from pianomuse.cli import write_outputs
 from pianomuse.complete import Completer, Sampler, Sampling
@@ -135,11 +136,13 @@ def evaluate_run(
     test_ds,
     out_dir,
     probe_dir=None,
+    renderer: Renderer | None = None,
 ) -> dict:
     """Everything in the module docstring; returns the results written to metrics.json.
 
     `cfg` is the `evaluate` config section; `bars` the windows' completion bars; `completer` the tokenizer side
-    (decoding, the grammar's Bar id), shared by every system; `probe_dir` a folder holding probe.json, or None.
+    (decoding, the grammar's Bar id), shared by every system; `probe_dir` a folder holding probe.json, or None;
+    `renderer`, when given, renders every sample and truth to WAV for the report to play.
     """
     out_dir = Path(out_dir)
     results = {
@@ -174,7 +177,7 @@ def evaluate_run(
         for name, sampler in sampled.items():
             completion_k = sampler.complete_ids(context, sampling, progress=False)
             candidates += [(name, continuation) for continuation in completion_k.continuations]
-            write_outputs(completion_k, sample_dir / slug(name))
+            write_outputs(completion_k, sample_dir / slug(name), renderer)
             samples[name] = {
                 # Measured on the sampled ids: a MIDI file keeps no trailing empty bars to count.
                 "bars": [ids.count(bar_id) for ids in completion_k.continuation_ids],
@@ -184,6 +187,10 @@ def evaluate_run(
                 ],
                 "png": str((sample_dir / slug(name) / "sample-0.png").relative_to(out_dir)),
             }
+            if renderer is not None:
+                samples[name]["wav"] = [
+                    str((sample_dir / slug(name) / f"sample-{i}.wav").relative_to(out_dir)) for i in range(cfg["samples"])
+                ]
         for system, candidate in candidates:
             for name, value in all_metrics(candidate, truth).items():
                 values[system][name].append(value)
@@ -195,12 +202,15 @@ def evaluate_run(
         truth_full.dump_midi(str(sample_dir / "truth.mid"))
         piano_roll(truth_full, completer.bars_ticks(context, truth_full.tpq), sample_dir / "truth.png",
                    f"prompt {p}: true continuation")
+        if renderer is not None:
+            renderer.write_wav(truth_full, sample_dir / "truth.wav")
         key = best_key(prompt)
         prompts.append({
             "piece_id": row["piece_id"], "start_bar": row["start_bar"], "prompt_bars": context.count(bar_id),
             "prompt_key": None if key is None else KEY_NAMES[key],
             "samples": samples,
             "truth_png": str((sample_dir / "truth.png").relative_to(out_dir)),
+            **({"truth_wav": str((sample_dir / "truth.wav").relative_to(out_dir))} if renderer is not None else {}),
         })
 
     results["key_agreement"] = {system: mean_and_ci(v, cfg["seed"]) for system, v in agreement.items()}
@@ -235,10 +245,11 @@ def evaluate_checkpoint(
     best.pth, the n-gram's model.npz), each sampled and scored, with the unigram scored too (`batch_tokens` bounds
     the NLL batches)."""
     run_dir, device = Path(run_dir), str(resolve_device(device_name, 0))
+    renderer = Renderer(cfg["soundfont"]) if cfg["audio"] else None  # before any work: a missing soundfont fails first
     completer = Completer.load(run_dir / "best.pth", run_dir / "tokenizer.json", device)
     train_ds, test_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(test_dir))
     completers = [completer] + [Completer.load(path, None, device) for path in baselines]
     sampled = {c.system_name: c for c in completers}
     likelihoods = {c.system_name: window_nll_of(c, batch_tokens) for c in completers}
     likelihoods[UNIGRAM] = unigram_window_nll(train_ds, len(completer.tokenizer.vocab))
-    return evaluate_run(cfg, bars, completer, sampled, likelihoods, test_ds, out_dir, probe_dir)
+    return evaluate_run(cfg, bars, completer, sampled, likelihoods, test_ds, out_dir, probe_dir, renderer)
