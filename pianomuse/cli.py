@@ -83,6 +83,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     probe.add_argument(
         "-o", "--output", type=Path, required=True, help="folder for probe.json, probe.md/.html and the prompts' files"
     )
+    studio = commands.add_parser(
+        "studio",
+        help="a local web page: load a MIDI file, hear K continuations side by side, keep one, go on",
+        description="Serve the studio, a web page on this machine: load a MIDI file, see its piano roll, pick the "
+        "prompt bars, M, K, temperature and top-p, hear and see K continuations side by side, keep one and continue "
+        "from it, undo, and download the piece so far as MIDI. Audio needs fluidsynth and a General MIDI soundfont.",
+    )
+    studio.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    studio.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
+    studio.add_argument("--soundfont", type=Path, help="the General MIDI .sf2 (default: the system's)")
+    studio.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
+    studio.add_argument("--port", type=int, default=8765, help="port to listen on; 0: any free one (default: %(default)s)")
+    studio.add_argument("--device", default="cpu", help="torch device to decode on, e.g. cuda (default: %(default)s)")
+    studio.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.command != "complete":
         return args
@@ -130,10 +144,18 @@ def probe(args: argparse.Namespace) -> None:
     print(f"report: {args.output / 'probe.md'}")
 
 
+def studio(args: argparse.Namespace) -> None:
+    from pianomuse.studio import serve  # the web server's imports only for this command
+
+    renderer = Renderer(args.soundfont)
+    torch.set_num_threads(args.threads)
+    serve(Completer.load(args.checkpoint, args.tokenizer, args.device), renderer, args.host, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        {"complete": complete, "probe": probe}[args.command](args)
+        {"complete": complete, "probe": probe, "studio": studio}[args.command](args)
     except (CompletionError, AudioError) as error:
         print(f"pianomuse: error: {error}", file=sys.stderr)
         return COMPLETION_ERROR
