@@ -2,7 +2,7 @@
 a bad upload, generate with the progress bar, keep, download, undo, and a screenshot.
 
 Skips where Selenium, chromium or chromedriver is missing (.ci/setup installs them). PIANOMUSE_STUDIO_SCREENSHOT=PATH
-keeps the screenshot (the README's is made so).
+keeps the screenshot.
 """
 
 from __future__ import annotations
