@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--audio", action="store_true", help="also render each sample to sample-{i}.wav (FluidSynth, a GM soundfont)"
     )
     complete.add_argument(
-        "--soundfont", type=Path, help="the General MIDI .sf2 for --audio (default: the system's, e.g. fluid-soundfont-gm)"
+        "--soundfont", type=Path, help="the General MIDI .sf2 for --audio (default: the system's, e.g. FluidR3_GM)"
     )
 
     probe = commands.add_parser(
@@ -93,8 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     studio.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     studio.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
     studio.add_argument("--soundfont", type=Path, help="the General MIDI .sf2 (default: the system's)")
-    studio.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s, this machine only)")
-    studio.add_argument("--port", type=int, default=8765, help="port to listen on; 0: any free one (default: %(default)s)")
+    studio.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s: this machine)")
+    studio.add_argument("--port", type=int, default=8765, help="port; 0: any free one (default: %(default)s)")
     studio.add_argument("--device", default="cpu", help="torch device to decode on, e.g. cuda (default: %(default)s)")
     studio.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s)")
     args = parser.parse_args(argv)

@@ -150,8 +150,9 @@ class Studio:
             if not 0 <= index < len(self.candidates):
                 raise CompletionError(f"there is no sample {index} to keep ({len(self.candidates)} on the page)")
             piece = self.candidates[index].piece
+            bars = self.count_bars(piece, self.name)
             self.history.append((self.piece, self.bars))
-            self.piece, self.bars = piece, self.count_bars(piece, self.name)
+            self.piece, self.bars = piece, bars
             self.candidates = []
             self.changed()
 
@@ -195,11 +196,9 @@ class Studio:
             job.state = "rendering"
             for candidate, path in zip(candidates, audio, strict=True):
                 self.renderer.write_wav(candidate.heard, path)
-        except CompletionError as error:
-            job.error, job.state = str(error), "failed"
-            return
-        except Exception as error:  # anything else too: the page shows it, and the server goes on
-            job.error, job.state = f"{type(error).__name__}: {error}", "failed"
+        except Exception as error:  # the page shows it, and the server goes on
+            job.error = str(error) if isinstance(error, CompletionError) else f"{type(error).__name__}: {error}"
+            job.state = "failed"
             return
         with self.lock:
             if self.version != version:
@@ -210,7 +209,9 @@ class Studio:
             self.candidates = candidates
             job.state = "done"
 
-    def generate(self, piece: Score, prompt_bars: tuple[int, int], sampling: Sampling, on_bars=None) -> list[Candidate]:
+    def generate(
+        self, piece: Score, prompt_bars: tuple[int, int], sampling: Sampling, on_bars=None
+    ) -> list[Candidate]:
         """K candidates continuing bars I..J of `piece` (no state is changed)."""
         completion = self.completer.complete(piece, prompt_bars, sampling, progress=False, on_bars=on_bars)
         first, end = prompt_bars[0] - 1, prompt_bars[1]
@@ -224,7 +225,9 @@ class Studio:
                 bars=end - first + sampling.bars,
                 notes=summary.notes,
             )
-            for heard, alone, summary in zip(completion.full, completion.continuations, completion.summaries, strict=True)
+            for heard, alone, summary in zip(
+                completion.full, completion.continuations, completion.summaries, strict=True
+            )
         ]
 
     # What the page reads
@@ -264,15 +267,17 @@ class Studio:
         with self.lock:
             if self.piece is None:
                 raise CompletionError("load a MIDI file first")
-            return self.piece.dumps_midi(), f"{Path(self.name).stem}-pianomuse.mid"
+            stem = "".join(c if c.isalnum() or c in "._- " else "_" for c in Path(self.name).stem)  # a safe header
+            return self.piece.dumps_midi(), f"{stem}-pianomuse.mid"
 
     def audio(self, what: str) -> Path:
         """The WAV of the piece ("piece", rendered on first request) or of a candidate ("candidate-{i}")."""
+        index = what.removeprefix("candidate-")
         with self.lock:
             if what == "piece" and self.piece is not None:
                 path, score = self.audio_dir / f"piece-{self.version}.wav", self.piece
-            elif what.removeprefix("candidate-").isdigit() and int(what.removeprefix("candidate-")) < len(self.candidates):
-                return self.audio_dir / f"candidate-{self.version}-{what.removeprefix('candidate-')}.wav"
+            elif index.isdigit() and int(index) < len(self.candidates):
+                return self.audio_dir / f"candidate-{self.version}-{int(index)}.wav"  # rendered with the candidates
             else:
                 raise CompletionError(f"there is no {what} to play")
         if not path.is_file():
@@ -341,7 +346,8 @@ class Handler(BaseHTTPRequestHandler):
         except LookupError:
             self.send_json({"error": f"no such page: {url.path}"}, HTTPStatus.NOT_FOUND)
         except Exception as error:  # a bug of ours: the page says so, and the server goes on
-            self.send_json({"error": f"internal error: {type(error).__name__}: {error}"}, HTTPStatus.INTERNAL_SERVER_ERROR)
+            message = f"internal error: {type(error).__name__}: {error}"
+            self.send_json({"error": message}, HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def get(self, path: str, query: dict) -> None:
         if path == "/":
@@ -367,9 +373,11 @@ class Handler(BaseHTTPRequestHandler):
     def post(self, path: str, query: dict) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_UPLOAD_BYTES:
-            for start in range(0, length, 2**20):  # read and dropped: a browser reads the answer once it has sent all
+            # Read and dropped: a browser reads the answer only once it has sent the whole body.
+            for start in range(0, length, 2**20):
                 self.rfile.read(min(2**20, length - start))
-            message = f"the file is {length / 2**20:.1f} MiB; the studio takes MIDI files up to {MAX_UPLOAD_BYTES // 2**20} MiB"
+            limit = MAX_UPLOAD_BYTES // 2**20
+            message = f"the file is {length / 2**20:.1f} MiB; the studio takes MIDI files up to {limit} MiB"
             self.send_json({"error": message}, HTTPStatus.REQUEST_ENTITY_TOO_LARGE)
             return
         body = self.rfile.read(length)

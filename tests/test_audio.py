@@ -1,4 +1,4 @@
-"""Audio previews: finding a soundfont, rendering a score to WAV (pitch, timing, length), `pianomuse complete --audio`."""
+"""Audio previews: finding a soundfont, rendering a score to WAV (pitch, timing, length), `complete --audio`."""
 
 from __future__ import annotations
 

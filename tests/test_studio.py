@@ -4,6 +4,10 @@ with a random tiny checkpoint. The page in a real browser is tests/test_studio_b
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,6 +23,7 @@ from wav import read_wav
 
 import pianomuse.studio as studio_module
 from pianomuse.audio import SAMPLE_RATE
+from pianomuse.cli import main
 from pianomuse.complete import CONTINUATION_TRACK, Completer, CompletionError, Sampling
 from pianomuse.studio import MAX_UPLOAD_BYTES, Studio, make_server
 
@@ -233,7 +238,8 @@ def api(url: str, payload=None, raw: bytes | None = None) -> tuple[int, dict]:
 def test_http_upload_generate_keep_undo_download(server, tmp_path):
     base, studio = server
     status, page, headers = request(base + "/")
-    assert status == 200 and b"<title>pianomuse studio</title>" in page and headers["Content-Type"].startswith("text/html")
+    assert status == 200 and b"<title>pianomuse studio</title>" in page
+    assert headers["Content-Type"].startswith("text/html")
     assert api(base + "/api/state")[1]["piece"] is None
 
     status, state = api(base + "/api/upload?name=six.mid", raw=SIX_BARS.dumps_midi())
@@ -300,12 +306,9 @@ def test_http_errors_are_messages_and_the_server_goes_on(server):
     api(base + "/api/upload?name=six.mid", raw=SIX_BARS.dumps_midi())
     for settings, message in [
         (b"{not json", "the request is not JSON"),
-        (json.dumps({"first_bar": 1, "last_bar": 9, "bars": 2, "samples": 1, "temperature": 1, "top_p": 1, "seed": 0}).encode(),
-         "the prompt has 6 bars but bars 1 to 9 were asked for"),
-        (json.dumps({"first_bar": 1, "last_bar": 2, "bars": 2, "samples": 1, "temperature": 0, "top_p": 1, "seed": 0}).encode(),
-         "temperature must be greater than 0"),
-        (json.dumps({"first_bar": 1, "last_bar": 2, "bars": "two", "samples": 1, "temperature": 1, "top_p": 1, "seed": 0}).encode(),
-         "must be numbers"),
+        (json.dumps({**GENERATE, "last_bar": 9}).encode(), "the prompt has 6 bars but bars 1 to 9 were asked for"),
+        (json.dumps({**GENERATE, "temperature": 0}).encode(), "temperature must be greater than 0"),
+        (json.dumps({**GENERATE, "bars": "two"}).encode(), "must be numbers"),
         (json.dumps({"first_bar": 1, "last_bar": 2}).encode(), "the generate request has no bars"),
     ]:
         code, body, _ = request(base + "/api/generate", settings)
@@ -334,3 +337,39 @@ def test_http_answers_while_a_generation_runs(server, monkeypatch):
             break
         time.sleep(0.05)
     assert len(api(base + "/api/state")[1]["candidates"]) == 1
+
+
+def test_download_name_is_the_upload_s_made_safe_for_a_header(studio):
+    studio.load(SIX_BARS.dumps_midi(), 'my "étude"\r\nX-Evil: 1.mid')
+    assert studio.piece_midi()[1] == "my _étude___X-Evil_ 1-pianomuse.mid"
+
+
+# The command.
+
+
+def test_cli_studio_serves_until_interrupted(checkpoint, renderer):
+    command = [sys.executable, "-m", "pianomuse.cli", "studio", "--checkpoint", str(checkpoint), "--port", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()  # printed once serving
+        assert line.startswith("pianomuse studio: http://127.0.0.1:") and "Ctrl-C" in line, process.stderr.read()
+        status, page, _ = request(line.split()[2])
+        assert status == 200 and b"pianomuse studio" in page
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=60) == 0  # Ctrl-C stops it cleanly
+    assert "Traceback" not in process.stderr.read()
+
+
+def test_cli_studio_errors_are_messages(checkpoint, renderer, tmp_path, capsys):
+    not_sf2 = tmp_path / "piano.sf2"
+    not_sf2.write_text("no")
+    assert main(["studio", "--checkpoint", str(checkpoint), "--soundfont", str(not_sf2)]) == 1
+    assert "is not a SoundFont 2" in capsys.readouterr().err
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["studio", "--checkpoint", str(checkpoint), "--port", str(taken.getsockname()[1])]) == 1
+    assert "cannot serve on 127.0.0.1:" in capsys.readouterr().err
+    assert main(["studio", "--checkpoint", str(tmp_path / "absent.pth")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
