@@ -21,7 +21,9 @@ from pianomuse.complete import CONTINUATION_TRACK
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="Selenium is not installed (.ci/setup installs it)")
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -76,6 +78,26 @@ def test_compose_in_the_browser(server, browser, tmp_path, monkeypatch):  # noqa
     assert driver.find_element(By.ID, "first-bar").get_attribute("value") == "1"  # the last bars, up to 8
     assert driver.find_element(By.ID, "last-bar").get_attribute("value") == "6"
     assert driver.execute_script("return document.getElementById('piece-canvas').width") > 0
+
+    # Clicks on the roll pick the prompt bars: bar 2's middle, then (shifted) bar 5's; the 6 bars span 24 quarters.
+    canvas = driver.find_element(By.ID, "piece-canvas")
+    width = driver.execute_script("return arguments[0].width", canvas)
+
+    def click_bar(bar: int, *keys) -> None:
+        x = 2 + (4 * bar - 2) / 24 * (width - 4)  # as the page maps quarters to pixels
+        actions = ActionChains(driver)
+        for key in keys:
+            actions.key_down(key)
+        actions.move_to_element_with_offset(canvas, int(x - width / 2), 0).click()
+        for key in keys:
+            actions.key_up(key)
+        actions.perform()
+
+    click_bar(2)
+    click_bar(5, Keys.SHIFT)
+    assert driver.find_element(By.ID, "first-bar").get_attribute("value") == "2"
+    assert driver.find_element(By.ID, "last-bar").get_attribute("value") == "5"
+    set_number(driver, "last-bar", 6)
 
     # Generate 2 samples of 2 bars from bars 3..6; the generation waits until the progress bar has been seen.
     release = threading.Event()
