@@ -3,7 +3,7 @@
 sampled continuations against the true ones, beside two baselines (repeat the prompt's last bars, the prompt cycled
 when it has fewer than M; the bars of another test piece) and the truth itself where a measure allows. The pattern
 probe's results (`pianomuse.probe`) join the report when given. Writes results/eval/{run}/: metrics.json,
-report.md, report.html and samples/.
+report.md, report.html and samples/ (with evaluate.audio, every sample and truth as WAV too, played by report.html).
 
 A prompt is a test window's context as the model was trained on it, and the truth is that window's completion.
 Systems come in as data: `sampled` (name -> a `Sampler`, which continues a prompt K ways) and `likelihoods`
