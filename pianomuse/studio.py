@@ -182,7 +182,7 @@ class Studio:
                 raise CompletionError("a generation is already running: wait for it to finish")
             prompt_range((first_bar, last_bar), self.bars)
             job = Job(number=(self.job.number + 1) if self.job else 1, total=sampling.samples * sampling.bars)
-            self.job = job
+            self.job, self.candidates = job, []  # the last round's samples go: they continued other bars
             piece, version = self.piece, self.version
         threading.Thread(
             target=self.run, args=(job, piece, version, (first_bar, last_bar), sampling), daemon=True, name="generate"

@@ -110,6 +110,8 @@ def test_generate_offers_k_continuations_of_the_prompt_bars_with_progress(studio
     state = studio.state()
     assert [c["audio"] for c in state["candidates"]] == [f"/audio/candidate-{i}.wav?v=1" for i in range(3)]
     assert all(studio.audio(f"candidate-{i}").is_file() for i in range(3))
+    studio.start(1, 2, Sampling(bars=1, samples=1))  # a new round: the samples of the last one go
+    assert studio.candidates == [] and wait(studio)["state"] == "done" and len(studio.candidates) == 1
 
 
 def test_keep_appends_and_the_next_round_continues_from_the_kept_sample(studio, completer):
