@@ -1,5 +1,6 @@
 """The `pianomuse` command. `pianomuse complete PROMPT.mid --checkpoint PATH ...` writes K continuations;
-`pianomuse probe --checkpoint PATH -o DIR` runs the pattern continuation probe (`pianomuse.probe`)."""
+`pianomuse probe --checkpoint PATH -o DIR` runs the pattern continuation probe (`pianomuse.probe`);
+`pianomuse studio --checkpoint PATH` serves the studio web page (`pianomuse.studio`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from pianomuse.audio import AudioError, Renderer
 from pianomuse.complete import Completer, CompletionError, Sampling, write_completion
 from pianomuse.probe import probe_checkpoint
 
@@ -48,6 +50,23 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, where: str, seed_hel
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"{seed_help} (default: %(default)s)")
 
 
+def add_studio_command(commands: argparse._SubParsersAction) -> None:
+    studio = commands.add_parser(
+        "studio",
+        help="a local web page: load a MIDI file, hear K continuations side by side, keep one, go on",
+        description="Serve the studio, a web page on this machine: load a MIDI file, see its piano roll, pick the "
+        "prompt bars, M, K, temperature and top-p, hear and see K continuations side by side, keep one and continue "
+        "from it, undo, and download the piece so far as MIDI. Audio needs fluidsynth and a General MIDI soundfont.",
+    )
+    studio.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    studio.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
+    studio.add_argument("--soundfont", type=Path, help="the General MIDI .sf2 (default: the system's)")
+    studio.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s: this machine)")
+    studio.add_argument("--port", type=int, default=8765, help="port; 0: any free one (default: %(default)s)")
+    studio.add_argument("--device", default="cpu", help="torch device to decode on, e.g. cuda (default: %(default)s)")
+    studio.add_argument("--threads", type=int, default=1, help="CPU threads (default: %(default)s)")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="pianomuse", description="Piano completion with RWKV-7.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,7 +75,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="continue the bars of a MIDI prompt K ways",
         description="Continue the prompt bars of a MIDI file K ways, M bars each. Writes sample-{i}.mid (the "
         "file's own prompt bars, untouched, then the continuation on a track of its own), "
-        "sample-{i}.continuation.mid and a piano roll sample-{i}.png per sample.",
+        "sample-{i}.continuation.mid and a piano roll sample-{i}.png per sample (and sample-{i}.wav with --audio).",
     )
     complete.add_argument("prompt", type=Path, help="MIDI file holding the prompt")
     complete.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
@@ -73,7 +92,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="CPU threads (default: %(default)s; threads wait on each other on a busy machine, more help on an idle "
         "one)",
     )
-    complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI and PNG files")
+    complete.add_argument("-o", "--output", type=Path, required=True, help="folder for the MIDI, PNG (and WAV) files")
+    complete.add_argument(
+        "--audio", action="store_true", help="also render each sample to sample-{i}.wav (FluidSynth, a GM soundfont)"
+    )
+    complete.add_argument(
+        "--soundfont", type=Path, help="the General MIDI .sf2 for --audio (default: the system's, e.g. FluidR3_GM)"
+    )
 
     probe = commands.add_parser(
         "probe", help="the pattern continuation probe: does the model keep playing a repeated one-bar figure?"
@@ -86,6 +111,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     probe.add_argument(
         "-o", "--output", type=Path, required=True, help="folder for probe.json, probe.md/.html and the prompts' files"
     )
+    add_studio_command(commands)
     args = parser.parse_args(argv)
     if args.command != "complete":
         return args
@@ -93,6 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("give either --prompt-bars or --from-bar/--to-bar, not both")
     if (args.from_bar is None) != (args.to_bar is None):
         parser.error("--from-bar and --to-bar go together")
+    if args.soundfont is not None and not args.audio:
+        parser.error("--soundfont is for --audio")
     return args
 
 
@@ -101,10 +129,11 @@ def complete(args: argparse.Namespace) -> None:
     if not args.prompt.is_file():
         raise CompletionError(f"prompt file not found: {args.prompt}")
     sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed)
+    renderer = Renderer(args.soundfont) if args.audio else None  # before any work: a missing soundfont fails first
     torch.set_num_threads(args.threads)
     completer = Completer.load(args.checkpoint, args.tokenizer, args.device)
     completion = completer.complete(args.prompt, prompt_bars, sampling)
-    write_completion(completion, args.output)
+    write_completion(completion, args.output, renderer)
     for i, summary in enumerate(completion.summaries):
         print(f"sample-{i}: {summary.notes} notes, {summary.bars} bars, {summary.seconds:.1f} s")
 
@@ -118,11 +147,19 @@ def probe(args: argparse.Namespace) -> None:
     print(f"report: {args.output / 'probe.md'}")
 
 
+def studio(args: argparse.Namespace) -> None:
+    from pianomuse.studio import serve  # the web server's imports only for this command
+
+    renderer = Renderer(args.soundfont)
+    torch.set_num_threads(args.threads)
+    serve(Completer.load(args.checkpoint, args.tokenizer, args.device), renderer, args.host, args.port)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        {"complete": complete, "probe": probe}[args.command](args)
-    except CompletionError as error:
+        {"complete": complete, "probe": probe, "studio": studio}[args.command](args)
+    except (CompletionError, AudioError) as error:
         print(f"pianomuse: error: {error}", file=sys.stderr)
         return COMPLETION_ERROR
     return 0

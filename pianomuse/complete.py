@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -26,6 +27,7 @@ from miditok.utils import compute_ticks_per_bar, get_bars_ticks
 from symusic import Score, TimeSignature, Track
 from tqdm import tqdm
 
+from pianomuse.audio import Renderer
 from pianomuse.files import staged_folder
 from pianomuse.models import LEGACY_ARCH, SYSTEM_NAMES, arch_of, decoder_for, load_model
 from pianomuse.remi import RejectedPiece, TempoMarkers, standalone_bars, tokenize_score
@@ -249,8 +251,15 @@ class Completer:
         return score, standalone_bars(ids, bar_offsets, self.markers, first, end).tolist(), (first, end)
 
     @torch.inference_mode()
-    def generate(self, prompt_ids: list[int], sampling: Sampling, progress: bool = True) -> list[list[int]]:
-        """K continuations of M bars after `prompt_ids`, each starting with its first Bar token."""
+    def generate(
+        self,
+        prompt_ids: list[int],
+        sampling: Sampling,
+        progress: bool = True,
+        on_bars: Callable[[int], None] | None = None,
+    ) -> list[list[int]]:
+        """K continuations of M bars after `prompt_ids`, each starting with its first Bar token. `on_bars`, when
+        given, is called with the number of bars finished so far (of K x M) each time it grows."""
         bars, samples = sampling.bars, sampling.samples
         start = prompt_ids + [self.grammar.bar_id]
         logits, state = self.decoder.prefill(start)
@@ -261,6 +270,7 @@ class Completer:
         streams = list(range(samples))  # the stream of each batch row: a stream leaves the batch when it ends
         uniforms = StreamUniforms(sampling.seed, streams)
         continuations = [[self.grammar.bar_id] for _ in range(samples)]
+        finished_bars = 0
         # Counts finished bars: a stream finishes one when it draws the next Bar, and its last when it ends.
         with tqdm(total=samples * bars, desc="bars", unit="bar", disable=not progress) as bar_count:
             while True:
@@ -278,12 +288,17 @@ class Completer:
                     keep = ~ending
                     if not keep.any():
                         bar_count.n += finished  # drawn once, by close(), rather than by update() and close()
+                        if on_bars is not None:
+                            on_bars(samples * bars)
                         return continuations
                     streams = [stream for stream, kept in zip(streams, keep.tolist()) if kept]
                     ids, grammar = ids[keep], grammar.select(keep)
                     state = self.decoder.select(state, keep)
                 if finished:
                     bar_count.update(finished)
+                    finished_bars += finished  # counted here too: a disabled bar counts nothing
+                    if on_bars is not None:
+                        on_bars(finished_bars)
                 advance(self.grammar, grammar, ids)
                 logits, state = self.decoder.step(ids.to(self.decoder.device), state)
 
@@ -293,12 +308,13 @@ class Completer:
         prompt_bars: int | tuple[int, int] | None = None,
         sampling: Sampling = Sampling(),
         progress: bool = True,
+        on_bars: Callable[[int], None] | None = None,
     ) -> Completion:
         """Continue the prompt bars of a score K ways, M bars each (see `prompt_range` for the bars). Each full
         sample is the score's own prompt bars, untouched, followed by the continuation at the score's resolution
         (see `after_prompt`)."""
         score, prompt, (first, end) = self.read_prompt(score_or_path, prompt_bars)
-        completion = self.complete_ids(prompt, sampling, progress)
+        completion = self.complete_ids(prompt, sampling, progress, on_bars)
         bars = bar_start_ticks(score, end)
         composer = score.clip(bars[first], bars[end], clip_end=False).shift_time(-bars[first])
         joined = [after_prompt(composer, bars[end] - bars[first], alone) for alone in completion.continuations]
@@ -309,10 +325,12 @@ class Completer:
             continuation_tick=bars[end] - bars[first],
         )
 
-    def complete_ids(self, prompt: list[int], sampling: Sampling, progress: bool = True) -> Completion:
+    def complete_ids(
+        self, prompt: list[int], sampling: Sampling, progress: bool = True, on_bars: Callable[[int], None] | None = None
+    ) -> Completion:
         """`complete` for a prompt already tokenized as a stream of its own (a window's context, say)."""
         bars = sampling.bars
-        continuations = self.generate(prompt, sampling, progress)
+        continuations = self.generate(prompt, sampling, progress, on_bars)
         full, alone, summaries = [], [], []
         for continuation in continuations:
             ids = prompt + continuation
@@ -339,12 +357,14 @@ class Completer:
         return sum(lengths)
 
 
-def write_completion(completion: Completion, out_dir: str | Path) -> None:
+def write_completion(completion: Completion, out_dir: str | Path, renderer: Renderer | None = None) -> None:
     """sample-{i}.mid (prompt, then continuation), sample-{i}.continuation.mid and a piano roll sample-{i}.png per
-    sample into `out_dir`. Every file goes into a temporary folder beside it first: a failure leaves no partial
-    sample."""
+    sample into `out_dir`, and with a renderer the full sample as audio, sample-{i}.wav. Every file goes into a
+    temporary folder beside it first: a failure leaves no partial sample."""
     with staged_folder(out_dir) as staging:
         for i, (full, continuation) in enumerate(zip(completion.full, completion.continuations, strict=True)):
             full.dump_midi(str(staging / f"sample-{i}.mid"))
             continuation.dump_midi(str(staging / f"sample-{i}.continuation.mid"))
             piano_roll(full, completion.continuation_tick, staging / f"sample-{i}.png", f"sample {i}")
+            if renderer is not None:
+                renderer.write_wav(full, staging / f"sample-{i}.wav")

@@ -3,7 +3,7 @@
 sampled continuations against the true ones, beside two baselines (repeat the prompt's last bars, the prompt cycled
 when it has fewer than M; the bars of another test piece) and the truth itself where a measure allows. The pattern
 probe's results (`pianomuse.probe`) join the report when given. Writes results/eval/{run}/: metrics.json,
-report.md, report.html and samples/.
+report.md, report.html and samples/ (with evaluate.audio, every sample and truth as WAV too, played by report.html).
 
 A prompt is a test window's context as the model was trained on it, and the truth is that window's completion.
 Systems come in as data: `sampled` (name -> a `Sampler`, which continues a prompt K ways) and `likelihoods`
@@ -25,6 +25,7 @@ import torch
 from miditok import REMI, TokSequence
 from symusic import Score
 
+from pianomuse.audio import Renderer
 from pianomuse.batching import collate_windows, pack_by_length, window_lengths
 from pianomuse.complete import Completer, Sampler, Sampling, write_completion
 from pianomuse.devices import resolve_device
@@ -150,15 +151,17 @@ def reference_candidates(completer: Completer, context: list[int], other: dict, 
 
 def sample_systems(
     completer: Completer, sampled: dict[str, Sampler], context: list[int], sampling: Sampling, sample_dir: Path,
-    out_dir: Path,
+    out_dir: Path, renderer: Renderer | None,
 ) -> tuple[list[tuple[str, Score]], dict]:  # fmt: skip
-    """Each sampled system's K continuations of the prompt, written under `sample_dir`: (system, continuation)
-    pairs, and per system what the report shows (bars and REMI errors per sample, the first piano roll)."""
+    """Each sampled system's K continuations of the prompt, written under `sample_dir` (as WAV too with a
+    renderer): (system, continuation) pairs, and per system what the report shows (bars and REMI errors per sample,
+    the first piano roll, every sample's WAV)."""
     bar_id, candidates, samples = completer.grammar.bar_id, [], {}
     for name, sampler in sampled.items():
         completion_k = sampler.complete_ids(context, sampling, progress=False)
         candidates += [(name, continuation) for continuation in completion_k.continuations]
-        write_completion(completion_k, sample_dir / slug(name))
+        system_dir = sample_dir / slug(name)
+        write_completion(completion_k, system_dir, renderer)
         samples[name] = {
             # Measured on the sampled ids: a MIDI file keeps no trailing empty bars to count.
             "bars": [ids.count(bar_id) for ids in completion_k.continuation_ids],
@@ -166,18 +169,30 @@ def sample_systems(
                 completer.tokenizer.tokens_errors(TokSequence(ids=context + ids))
                 for ids in completion_k.continuation_ids
             ],
-            "png": str((sample_dir / slug(name) / "sample-0.png").relative_to(out_dir)),
+            "png": str((system_dir / "sample-0.png").relative_to(out_dir)),
         }
+        if renderer is not None:
+            wavs = [system_dir / f"sample-{i}.wav" for i in range(len(completion_k.full))]
+            samples[name]["wav"] = [str(wav.relative_to(out_dir)) for wav in wavs]
     return candidates, samples
 
 
-def write_truth(completer: Completer, context: list[int], completion: list[int], sample_dir: Path, p: int) -> None:
-    """The prompt with its true continuation, as truth.mid and truth.png beside the samples."""
+def write_truth(
+    completer: Completer, context: list[int], completion: list[int], sample_dir: Path, out_dir: Path, p: int,
+    renderer: Renderer | None,
+) -> dict[str, str]:  # fmt: skip
+    """The prompt with its true continuation, as truth.mid and truth.png beside the samples (and truth.wav with a
+    renderer); returns the report's paths to them: truth_png (and truth_wav)."""
     sample_dir.mkdir(parents=True, exist_ok=True)
     truth_full = completer.tokenizer.decode([context + completion])
     truth_full.dump_midi(str(sample_dir / "truth.mid"))
     continuation_tick = completer.bars_ticks(context, truth_full.tpq)
     piano_roll(truth_full, continuation_tick, sample_dir / "truth.png", f"prompt {p}: true continuation")
+    paths = {"truth_png": str((sample_dir / "truth.png").relative_to(out_dir))}
+    if renderer is not None:
+        renderer.write_wav(truth_full, sample_dir / "truth.wav")
+        paths["truth_wav"] = str((sample_dir / "truth.wav").relative_to(out_dir))
+    return paths
 
 
 def evaluate_run(
@@ -189,11 +204,13 @@ def evaluate_run(
     test_ds: datasets.Dataset,
     out_dir: str | Path,
     probe_dir: str | Path | None = None,
+    renderer: Renderer | None = None,
 ) -> dict:
     """Everything in the module docstring; returns the results written to metrics.json.
 
     `cfg` is the `evaluate` config section; `bars` the windows' completion bars; `completer` the tokenizer side
-    (decoding, the grammar's Bar id), shared by every system; `probe_dir` a folder holding probe.json, or None.
+    (decoding, the grammar's Bar id), shared by every system; `probe_dir` a folder holding probe.json, or None;
+    `renderer`, when given, renders every sample and truth to WAV for the report to play.
     """
     out_dir, seed = Path(out_dir), cfg["seed"]
     results = {
@@ -217,13 +234,15 @@ def evaluate_run(
         truth = completer.decode_last_bars(context + completion, bars)
         sample_dir = out_dir / "samples" / f"prompt-{p}"
         candidates = reference_candidates(completer, context, other, bars)
-        sampled_candidates, samples = sample_systems(completer, sampled, context, sampling, sample_dir, out_dir)
+        sampled_candidates, samples = sample_systems(
+            completer, sampled, context, sampling, sample_dir, out_dir, renderer
+        )
         for system, candidate in candidates + sampled_candidates:
             for name, value in all_metrics(candidate, truth).items():
                 values[system][name].append(value)
             agreement[system].append(key_agreement(candidate, prompt))
         agreement[TRUTH].append(key_agreement(truth, prompt))
-        write_truth(completer, context, completion, sample_dir, p)
+        truth_paths = write_truth(completer, context, completion, sample_dir, out_dir, p, renderer)
         key = best_key(prompt)
         prompts.append(
             {
@@ -232,7 +251,7 @@ def evaluate_run(
                 "prompt_bars": context.count(bar_id),
                 "prompt_key": None if key is None else KEY_NAMES[key],
                 "samples": samples,
-                "truth_png": str((sample_dir / "truth.png").relative_to(out_dir)),
+                **truth_paths,
             }
         )
     return write_results(results, values, agreement, prompts, seed, out_dir, probe_dir)
@@ -283,10 +302,11 @@ def evaluate_checkpoint(
     best.pth, the n-gram's model.npz), each sampled and scored, with the unigram scored too (`batch_tokens` bounds
     the NLL batches)."""
     run_dir, device = Path(run_dir), str(resolve_device(device_name, 0))
+    renderer = Renderer(cfg["soundfont"]) if cfg["audio"] else None  # before any work: a missing soundfont fails first
     completer = Completer.load(run_dir / "best.pth", run_dir / "tokenizer.json", device)
     train_ds, test_ds = datasets.load_from_disk(str(train_dir)), datasets.load_from_disk(str(test_dir))
     completers = [completer] + [Completer.load(path, None, device) for path in baselines]
     sampled = {c.system_name: c for c in completers}
     likelihoods = {c.system_name: window_nll_of(c, batch_tokens) for c in completers}
     likelihoods[UNIGRAM] = unigram_window_nll(train_ds, len(completer.tokenizer.vocab))
-    return evaluate_run(cfg, bars, completer, sampled, likelihoods, test_ds, out_dir, probe_dir)
+    return evaluate_run(cfg, bars, completer, sampled, likelihoods, test_ds, out_dir, probe_dir, renderer)

@@ -41,7 +41,7 @@ class Table:
     title: str
     note: str  # one line under the title: what the numbers are
     header: list[str]
-    rows: list[list[str]]  # plain text cells, or ("image", path) pairs for pictures
+    rows: list[list[str]]  # plain text cells, ("image", path) pairs for pictures, ("audio", path) for sound
 
 
 def number(value: float) -> str:
@@ -200,18 +200,42 @@ def report_tables(results: dict) -> list[Table]:
         tables += probe_tables(results["probe"], results["probe_dir"] + "/")
     tables.append(prompts_table(results["prompts"], results["sampled"]))
     tables.append(piano_rolls_table(results["prompts"], results["sampled"]))
+    if results["prompts"] and "truth_wav" in results["prompts"][0]:
+        tables.append(audio_table(results["prompts"], results["sampled"]))
     return tables
+
+
+def audio_table(prompts: list[dict], sampled: list[str]) -> Table:
+    """Every sample and every truth, to play: each the prompt followed by its continuation."""
+    samples = len(prompts[0]["samples"][sampled[0]]["wav"])
+    return Table(
+        "Listen",
+        "each the prompt followed by its continuation, rendered with a General MIDI piano soundfont",
+        ["prompt", *(f"{s} sample {i}" for s in sampled for i in range(samples)), "true continuation"],
+        [
+            [
+                prompt_name(p),
+                *(("audio", wav) for s in sampled for wav in p["samples"][s]["wav"]),
+                ("audio", p["truth_wav"]),
+            ]
+            for p in prompts
+        ],
+    )
 
 
 def markdown_cell(cell: str | tuple[str, str]) -> str:
     if isinstance(cell, tuple):
-        return f"![{Path(cell[1]).stem}]({cell[1]})"
+        kind, path = cell
+        return f"![{Path(path).stem}]({path})" if kind == "image" else f"[{Path(path).name}]({path})"
     return str(cell).replace("|", "\\|")
 
 
 def html_cell(cell: str | tuple[str, str]) -> str:
     if isinstance(cell, tuple):
-        return f'<img src="{html.escape(cell[1])}" width="480" alt="{html.escape(Path(cell[1]).stem)}">'
+        kind, path = cell
+        if kind == "audio":
+            return f'<audio controls preload="none" src="{html.escape(path)}"></audio>'
+        return f'<img src="{html.escape(path)}" width="480" alt="{html.escape(Path(path).stem)}">'
     return html.escape(str(cell))
 
 

@@ -69,3 +69,15 @@ def kernel_build_fails(monkeypatch):
     monkeypatch.setattr(kernel_build, "load_kernel", broken_loader)
     monkeypatch.setattr(wkv7_module, "_kernels", {})
     monkeypatch.setattr(wkv7_module, "_fallback_warned", False)
+
+
+@pytest.fixture(scope="session")
+def renderer():
+    """An audio renderer with the system's soundfont; skips where FluidSynth or a GM soundfont is not installed
+    (.ci/setup installs both)."""
+    from pianomuse.audio import AudioError, Renderer
+
+    try:
+        return Renderer()
+    except AudioError as error:
+        pytest.skip(f"no audio here: {error}")

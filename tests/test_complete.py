@@ -79,6 +79,15 @@ def test_progress_counts_finished_bars_from_zero_and_shows_100_percent_once(comp
     assert all(frame.split("|")[2].split("/")[1].startswith("6 ") for frame in frames)
 
 
+def test_on_bars_reports_finished_bars_up_to_k_times_m_with_the_bar_off(completer, capsys):
+    prompt = completer.prompt_ids(make_piano_score(2, 4), None)
+    counts = []
+    sampling = Sampling(bars=3, samples=4, seed=2, max_tokens_per_bar=24)
+    completer.generate(prompt, sampling, progress=False, on_bars=counts.append)
+    assert counts[-1] == 12 and counts == sorted(set(counts)) and counts[0] > 0
+    assert capsys.readouterr().err == ""
+
+
 def test_prompt_is_read_once_and_batched_samples_match_single_ones(completer, monkeypatch):
     prompt = completer.prompt_ids(make_piano_score(2, 4), None)
     prompt_reads = []

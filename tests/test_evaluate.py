@@ -14,8 +14,10 @@ import pytest
 import torch
 from midi_factory import make_piano_score
 from symusic import Note, Score, Track
+from wav import read_wav
 from workflow_helpers import TINY_TRAIN, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
+from pianomuse.audio import SAMPLE_RATE
 from pianomuse.cli import main as cli_main
 from pianomuse.complete import Completer, Completion
 from pianomuse.evaluate import (
@@ -412,11 +414,8 @@ class Oracle:
         return Completion([full] * k, [alone] * k, [], prompt, [ids] * k, tick)
 
 
-def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
-    """Two sampled systems (the model and an oracle) and three likelihood systems, each in every table it applies
-    to; the oracle scores perfectly where a continuation is compared with the truth, and as the truth on key
-    agreement."""
-    completer = Completer.load(checkpoint)
+def three_test_windows(completer: Completer) -> tuple[dict, datasets.Dataset]:
+    """Three pieces of 6 bars, each one test window: 4 bars of context, 2 of completion."""
     bar_id = completer.grammar.bar_id
     rows = {"context_ids": [], "completion_ids": [], "piece_id": [], "start_bar": []}
     for piece in range(3):
@@ -426,7 +425,15 @@ def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
         rows["completion_ids"].append(ids[bars[4] :])
         rows["piece_id"].append(f"piece-{piece}")
         rows["start_bar"].append(0)
-    test_ds = datasets.Dataset.from_dict(rows)
+    return rows, datasets.Dataset.from_dict(rows)
+
+
+def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
+    """Two sampled systems (the model and an oracle) and three likelihood systems, each in every table it applies
+    to; the oracle scores perfectly where a continuation is compared with the truth, and as the truth on key
+    agreement."""
+    completer = Completer.load(checkpoint)
+    rows, test_ds = three_test_windows(completer)
     oracle = Oracle(completer, {tuple(c): m for c, m in zip(rows["context_ids"], rows["completion_ids"])})
     two_nats = lambda contexts, completions: np.array([2.0 * len(m) for m in completions])  # noqa: E731
     settings = {
@@ -470,3 +477,33 @@ def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
         for system in ["rwkv-7", "oracle"]:
             assert (tmp_path / f"eval/samples/prompt-{p}/{system}/sample-1.mid").is_file()
         assert f"samples/prompt-{p}/oracle/sample-0.png" in markdown
+
+
+def test_evaluate_run_with_a_renderer_plays_every_sample_and_truth_in_the_report(checkpoint, tmp_path, renderer):
+    completer = Completer.load(checkpoint)
+    _, test_ds = three_test_windows(completer)
+    settings = {
+        "prompts": 2,
+        "samples": 2,
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "top_k": None,
+        "seed": 0,
+        "nll_windows": 3,
+    }
+    likelihoods = {"unigram": unigram_window_nll(test_ds, len(completer.tokenizer.vocab))}
+    out = tmp_path / "eval"
+    evaluate_run(settings, 2, completer, {"RWKV-7": completer}, likelihoods, test_ds, out, renderer=renderer)
+    html = (out / "report.html").read_text()
+    played = re.findall(r'<audio controls preload="none" src="([^"]+)">', html)
+    expected = [
+        f"samples/prompt-{p}/{name}"
+        for p in range(2)
+        for name in ["rwkv-7/sample-0.wav", "rwkv-7/sample-1.wav", "truth.wav"]
+    ]
+    assert played == expected
+    for path in played:
+        samples, rate = read_wav(out / path)
+        assert rate == SAMPLE_RATE and np.abs(samples).max() > 0.01  # the prompt, at least, is heard
+    markdown = (out / "report.md").read_text()
+    assert "## Listen" in markdown and "[truth.wav](samples/prompt-1/truth.wav)" in markdown

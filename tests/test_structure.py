@@ -1,6 +1,6 @@
 """The package's import graph follows its layers (README, "Module map and the layer rule"):
 
-    front end (cli)  ->  stages  ->  model  ->  kernels  ->  shared helpers
+    front end (cli, studio)  ->  stages  ->  model  ->  kernels  ->  shared helpers
 
 A module imports only from layers below its own, or from its own layer without a cycle; stages import each other
 only where one reads what an upstream stage publishes; no library module imports the CLI. Every import counts,
@@ -19,12 +19,12 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "pianomuse"
 
 LAYERS = {  # lowest first; module names without the leading "pianomuse."
-    "helpers": "(package) batching config devices files logs metrics optim remi report run_log sampling scoring "
-    "startup tokenizer",
+    "helpers": "(package) audio batching config devices files logs metrics optim remi report run_log sampling "
+    "scoring startup tokenizer",
     "kernels": "kernels kernels.build kernels.checks kernels.token_mix kernels.toolchain kernels.wkv7",
     "model": "model decode_step transformer ngram decoding models checkpoint flops",
     "stages": "maestro tokens augment windows kernel_record train complete evaluate probe",
-    "front end": "cli",
+    "front end": "cli studio",
 }
 LAYERS = {
     layer: {"pianomuse" if name == "(package)" else f"pianomuse.{name}" for name in names.split()}
