@@ -11,9 +11,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+import wave
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from symusic import Score
 
 from pianomuse.files import atomic_write
@@ -22,6 +24,10 @@ SAMPLE_RATE = 44100
 # FluidSynth's default gain (0.2) leaves a solo piano some 30 dB below full scale; at 1.0 a dense MAESTRO passage
 # still peaks below it.
 GAIN = 1.0
+# FluidSynth goes on rendering for seconds after the last sound (more after some tempo maps), as 16-bit samples of
+# +-1 or so; what follows the later of the score's end and the last louder sample is cut, but for this much release.
+SILENT_LEVEL = 4  # in 16-bit steps: -78 dB below full scale
+RELEASE_SECONDS = 0.25
 # Where the system's General MIDI soundfont packages put their file, best first: Debian's default-GM alternative
 # (the admin's choice among fluid-soundfont-gm, timgm6mb-soundfont, ...), their files, Fedora's and Arch's FluidR3.
 SYSTEM_SOUNDFONTS = (
@@ -83,9 +89,11 @@ class Renderer:
         with tempfile.TemporaryDirectory(prefix="pianomuse-audio-") as folder:
             midi = Path(folder) / "score.mid"
             score.dump_midi(str(midi))
-            atomic_write(path, lambda tmp: self.render_midi(midi, tmp))
+            end_seconds = score.to("second").end()
+            atomic_write(path, lambda tmp: self.render_midi(midi, tmp, end_seconds))
 
-    def render_midi(self, midi: Path, wav: str | Path) -> None:
+    def render_midi(self, midi: Path, wav: str | Path, end_seconds: float) -> None:
+        """`midi` rendered into `wav`, up to its last sound (or `end_seconds`, the score's end) and a short release."""
         command = [
             self.fluidsynth, "-n", "-i", "-q", "-g", str(GAIN), "-r", str(self.sample_rate), "-T", "wav", "-O", "s16",
             "-F", str(wav), str(self.soundfont), str(midi),
@@ -93,3 +101,18 @@ class Renderer:
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:
             raise AudioError(f"fluidsynth failed on {midi} (exit {result.returncode}): {result.stderr.strip()}")
+        trim_silence(wav, end_seconds)
+
+
+def trim_silence(wav: str | Path, end_seconds: float) -> None:
+    """Cut the silence at the end of a 16-bit WAV file: what follows both `end_seconds` and its last sample louder
+    than SILENT_LEVEL, but for RELEASE_SECONDS."""
+    with wave.open(str(wav)) as file:
+        params, data = file.getparams(), file.readframes(file.getnframes())
+    frames = np.frombuffer(data, dtype="<i2").reshape(-1, params.nchannels)
+    loud = np.flatnonzero(np.abs(frames.astype(np.int32)).max(axis=1, initial=0) > SILENT_LEVEL)
+    last = max(loud[-1] + 1 if len(loud) else 0, round(end_seconds * params.framerate))
+    keep = min(len(frames), last + round(RELEASE_SECONDS * params.framerate))
+    with wave.open(str(wav), "wb") as file:
+        file.setparams(params)
+        file.writeframes(frames[:keep].tobytes())

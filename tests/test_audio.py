@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import wave
+
 import numpy as np
 import pytest
 from midi_factory import make_piano_score, write_midi
 from symusic import Note, Score, Tempo, TimeSignature, Track
 from wav import dominant_frequency, read_wav
 
-from pianomuse.audio import SAMPLE_RATE, AudioError, Renderer, find_soundfont
+from pianomuse.audio import RELEASE_SECONDS, SAMPLE_RATE, AudioError, Renderer, find_soundfont, trim_silence
 from pianomuse.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,6 +71,45 @@ def test_a_note_sounds_at_its_pitch_when_it_starts(renderer, tmp_path, pitch, he
     assert np.abs(before).max() < 1e-3
     assert np.sqrt(np.mean(during**2)) > 0.01  # clearly audible
     assert dominant_frequency(during, rate) == pytest.approx(hertz, rel=0.01)  # a sixth of a semitone
+
+
+def write_pcm(path, frames: np.ndarray, rate: int = 1000) -> None:
+    with wave.open(str(path), "wb") as file:
+        file.setnchannels(frames.shape[1])
+        file.setsampwidth(2)
+        file.setframerate(rate)
+        file.writeframes(frames.astype("<i2").tobytes())
+
+
+@pytest.mark.parametrize(("end_seconds", "kept_seconds"), [(0.5, 1.0), (2.0, 2.0), (9.0, 4.0)])
+def test_trim_silence_cuts_what_follows_the_last_sound_and_the_score_end(tmp_path, end_seconds, kept_seconds):
+    """1 s of tone, then 3 s of FluidSynth's near-silence (+-1): the WAV is cut after the later of the tone and the
+    score's end, plus the release allowance, and never lengthened."""
+    rate = 1000
+    tone = (8000 * np.sin(np.arange(rate) * 0.3)).round()
+    hiss = np.where(np.arange(3 * rate) % 2, 1, -1)
+    frames = np.stack([np.concatenate([tone, hiss])] * 2, axis=1)
+    write_pcm(tmp_path / "a.wav", frames, rate)
+    trim_silence(tmp_path / "a.wav", end_seconds)
+    samples, read_rate = read_wav(tmp_path / "a.wav")
+    expected = min(4.0, kept_seconds + RELEASE_SECONDS)
+    assert read_rate == rate and len(samples) == round(expected * rate)
+    assert np.array_equal(np.rint(samples * 32768), frames[: len(samples)])  # the rest is untouched
+
+
+def test_a_render_ends_soon_after_its_last_sound(renderer, tmp_path):
+    """Eight short notes, the last bars at a faster tempo: FluidSynth renders seconds of silence after them, which
+    are cut; the last note's release is kept."""
+    score = Score(480)
+    score.tempos.extend([Tempo(0, qpm=120), Tempo(1920, qpm=240)])
+    track = Track("piano", 0, False)
+    track.notes.extend([Note(bar * 1920, 480, 60, 90) for bar in range(8)])
+    score.tracks.append(track)
+    renderer.write_wav(score, tmp_path / "notes.wav")
+    samples, rate = read_wav(tmp_path / "notes.wav")
+    end = score.to("second").end()  # 8.25 s
+    assert end <= len(samples) / rate <= end + 1.0
+    assert np.abs(samples[int(end * rate) - rate // 10 : int(end * rate)]).max() > 0.01  # the last note, to its end
 
 
 def test_an_empty_score_renders_silence(renderer, tmp_path):
