@@ -428,6 +428,19 @@ def three_test_windows(completer: Completer) -> tuple[dict, datasets.Dataset]:
     return rows, datasets.Dataset.from_dict(rows)
 
 
+def evaluate_settings(prompts: int) -> dict:
+    """An `evaluate` config section for the three test windows: K = 2 samples, every window scored for NLL."""
+    return {
+        "prompts": prompts,
+        "samples": 2,
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "top_k": None,
+        "seed": 0,
+        "nll_windows": 3,
+    }
+
+
 def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
     """Two sampled systems (the model and an oracle) and three likelihood systems, each in every table it applies
     to; the oracle scores perfectly where a continuation is compared with the truth, and as the truth on key
@@ -436,15 +449,7 @@ def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
     rows, test_ds = three_test_windows(completer)
     oracle = Oracle(completer, {tuple(c): m for c, m in zip(rows["context_ids"], rows["completion_ids"])})
     two_nats = lambda contexts, completions: np.array([2.0 * len(m) for m in completions])  # noqa: E731
-    settings = {
-        "prompts": 3,
-        "samples": 2,
-        "temperature": 1.0,
-        "top_p": 0.95,
-        "top_k": None,
-        "seed": 0,
-        "nll_windows": 3,
-    }
+    settings = evaluate_settings(prompts=3)
     results = evaluate_run(
         settings,
         2,
@@ -482,15 +487,7 @@ def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
 def test_evaluate_run_with_a_renderer_plays_every_sample_and_truth_in_the_report(checkpoint, tmp_path, renderer):
     completer = Completer.load(checkpoint)
     _, test_ds = three_test_windows(completer)
-    settings = {
-        "prompts": 2,
-        "samples": 2,
-        "temperature": 1.0,
-        "top_p": 0.95,
-        "top_k": None,
-        "seed": 0,
-        "nll_windows": 3,
-    }
+    settings = evaluate_settings(prompts=2)
     likelihoods = {"unigram": unigram_window_nll(test_ds, len(completer.tokenizer.vocab))}
     out = tmp_path / "eval"
     evaluate_run(settings, 2, completer, {"RWKV-7": completer}, likelihoods, test_ds, out, renderer=renderer)
