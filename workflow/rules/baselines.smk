@@ -12,17 +12,17 @@ rule ngram:
     output:
         model=BASELINE_CHECKPOINTS["ngram"],
         info=BASELINE_DONE["ngram"],
-    params:
-        out_dir=lambda wildcards, output: os.path.dirname(output.model),
-        settings=config["ngram"],
-        seed=config["train"]["seed"],
-    threads: 1  # counting is numpy sorts: one core
     log:
         f"results/logs/ngram/{RUN}.log",
     benchmark:
         f"results/benchmarks/ngram/{RUN}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
+    threads: 1  # counting is numpy sorts: one core
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.model),
+        settings=config["ngram"],
+        seed=config["train"]["seed"],
     script:
         "../scripts/ngram.py"
 

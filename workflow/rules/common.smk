@@ -31,8 +31,14 @@ RUN_DIR = f"results/checkpoints/{RUN}"
 # training rule as run {RUN}-transformer, the n-gram through its own rule.
 TRANSFORMER_RUN = f"{RUN}-transformer"
 NGRAM_DIR = f"{RUN_DIR}-ngram"
-BASELINE_CHECKPOINTS = {"transformer": f"results/checkpoints/{TRANSFORMER_RUN}/best.pth", "ngram": f"{NGRAM_DIR}/model.npz"}
-BASELINE_DONE = {"transformer": f"results/checkpoints/{TRANSFORMER_RUN}/done.json", "ngram": f"{NGRAM_DIR}/model.json"}
+BASELINE_CHECKPOINTS = {
+    "transformer": f"results/checkpoints/{TRANSFORMER_RUN}/best.pth",
+    "ngram": f"{NGRAM_DIR}/model.npz",
+}
+BASELINE_DONE = {
+    "transformer": f"results/checkpoints/{TRANSFORMER_RUN}/done.json",
+    "ngram": f"{NGRAM_DIR}/model.json",
+}
 
 
 def key_of(folder):
@@ -46,7 +52,10 @@ def run_config(run):
     if run == RUN:
         return {"model": config["model"], "train": config["train"]}
     if run == TRANSFORMER_RUN:
-        return {"model": {**config["model"], "arch": "transformer"}, "train": {**config["train"], "run": run}}
+        return {
+            "model": {**config["model"], "arch": "transformer"},
+            "train": {**config["train"], "run": run},
+        }
     raise WorkflowError(
         f"no training run named {run!r} in this configuration (train.run is {RUN!r}, its baseline {TRANSFORMER_RUN!r})"
     )
@@ -54,12 +63,23 @@ def run_config(run):
 
 def train_inputs(wildcards):
     """The data a run trains on. Checked against what the run folder recorded (data.json) while Snakemake plans
-    the jobs, so that a run that cannot resume on this configuration's data fails before anything is rebuilt."""
+    the jobs, so that a run that cannot resume on this configuration's data fails before anything is rebuilt.
+    """
     try:
-        check_run_data(f"results/checkpoints/{wildcards.run}", run_data_record(config), run_config(wildcards.run)["model"])
+        check_run_data(
+            f"results/checkpoints/{wildcards.run}",
+            run_data_record(config),
+            run_config(wildcards.run)["model"],
+        )
     except ConfigError as error:
-        raise WorkflowError(f"training run {wildcards.run!r} cannot go on: {error}") from None
-    return {"train": f"{WINDOWS}/train", "validation": f"{WINDOWS}/validation", "tokenizer": TOKENIZER}
+        raise WorkflowError(
+            f"training run {wildcards.run!r} cannot go on: {error}"
+        ) from None
+    return {
+        "train": f"{WINDOWS}/train",
+        "validation": f"{WINDOWS}/validation",
+        "tokenizer": TOKENIZER,
+    }
 
 
 def token_shards(split):
@@ -82,14 +102,20 @@ def train_gpus(config):
 # on top of them: those of the pianomuse this workflow imports (a checkout, or an installed wheel).
 KERNEL_FILES = sorted(
     path
-    for pattern in ["kernels/csrc/*", "kernels/*.py", "kernel_record.py", "decode_step.py"]
+    for pattern in [
+        "kernels/csrc/*",
+        "kernels/*.py",
+        "kernel_record.py",
+        "decode_step.py",
+    ]
     for path in glob.glob(os.path.join(os.path.dirname(pianomuse.__file__), pattern))
 )
 
 
 def kernel_files_digest():
     """A hash of the names and contents of KERNEL_FILES: the kernels rule reruns when it changes, wherever the
-    package and the workflow live (a moved or copied checkout, with its results/, finds its kernels up to date)."""
+    package and the workflow live (a moved or copied checkout, with its results/, finds its kernels up to date).
+    """
     digest = hashlib.sha256()
     for path in KERNEL_FILES:
         with open(path, "rb") as source:

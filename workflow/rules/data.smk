@@ -10,17 +10,17 @@ wildcard_constraints:
 rule maestro:
     output:
         manifest=f"{MAESTRO}/manifest.parquet",
-    params:
-        # maestro_dir, url and sha256 say where MAESTRO v3.0.0 comes from, not what it is: the script reads them
-        # from the config, so that moving the MAESTRO folder reruns nothing.
-        pieces_per_split=config["maestro"]["pieces_per_split"],
-        seed=config["maestro"]["seed"],
     log:
         f"results/logs/maestro/{key_of(MAESTRO)}.log",
     benchmark:
         f"results/benchmarks/maestro/{key_of(MAESTRO)}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
+    params:
+        # maestro_dir, url and sha256 say where MAESTRO v3.0.0 comes from, not what it is: the script reads them
+        # from the config, so that moving the MAESTRO folder reruns nothing.
+        pieces_per_split=config["maestro"]["pieces_per_split"],
+        seed=config["maestro"]["seed"],
     script:
         "../scripts/maestro.py"
 
@@ -28,14 +28,14 @@ rule maestro:
 rule tokenizer:
     output:
         TOKENIZER,
-    params:
-        settings=config["tokenizer"],
     log:
         f"results/logs/tokenizer/{key_of(DATA['tokenizer'])}.log",
     benchmark:
         f"results/benchmarks/tokenizer/{key_of(DATA['tokenizer'])}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
+    params:
+        settings=config["tokenizer"],
     script:
         "../scripts/tokenizer.py"
 
@@ -47,16 +47,18 @@ rule tokenize:
     output:
         # One job per shard index covers every split: similar loads per job, start-up paid once.
         shards=expand(f"{TOKENS}/{{split}}/shard-{{{{k}}}}.parquet", split=SPLITS),
-        rejects=expand(f"{TOKENS}/{{split}}/shard-{{{{k}}}}.rejects.parquet", split=SPLITS),
-    params:
-        splits=SPLITS,
-        shards=config["tokenize"]["shards"],
+        rejects=expand(
+            f"{TOKENS}/{{split}}/shard-{{{{k}}}}.rejects.parquet", split=SPLITS
+        ),
     log:
         f"results/logs/tokenize/{key_of(TOKENS)}/shard-{{k}}.log",
     benchmark:
         f"results/benchmarks/tokenize/{key_of(TOKENS)}/shard-{{k}}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
+    params:
+        splits=SPLITS,
+        shards=config["tokenize"]["shards"],
     script:
         "../scripts/tokenize.py"
 
@@ -68,15 +70,15 @@ rule augment:
     output:
         shard=f"{AUGMENT}/train/shard-{{k}}.parquet",
         stats=f"{AUGMENT}/train/shard-{{k}}.stats.json",
-    params:
-        transpositions=config["augment"]["transpositions"],
-        loops=config["augment"]["loops"],
     log:
         f"results/logs/augment/{key_of(AUGMENT)}/train-{{k}}.log",
     benchmark:
         f"results/benchmarks/augment/{key_of(AUGMENT)}/train-{{k}}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
+    params:
+        transpositions=config["augment"]["transpositions"],
+        loops=config["augment"]["loops"],
     script:
         "../scripts/augment.py"
 
@@ -88,6 +90,12 @@ rule windows:
     output:
         dataset=directory(f"{WINDOWS}/{{split}}"),
         stats=f"{WINDOWS}/{{split}}.stats.json",
+    log:
+        f"results/logs/windows/{key_of(WINDOWS)}/{{split}}.log",
+    benchmark:
+        f"results/benchmarks/windows/{key_of(WINDOWS)}/{{split}}.tsv"
+    conda:
+        "../../envs/pianomuse.yaml"
     params:
         context_bars=config["windows"]["context_bars"],
         completion_bars=config["windows"]["completion_bars"],
@@ -95,12 +103,6 @@ rule windows:
         max_tokens=config["windows"]["max_tokens"],
         # Recorded in the stats: the settings, upstream ones included, this folder was built from.
         data_settings=run_data_record(config)["settings"],
-    log:
-        f"results/logs/windows/{key_of(WINDOWS)}/{{split}}.log",
-    benchmark:
-        f"results/benchmarks/windows/{key_of(WINDOWS)}/{{split}}.tsv"
-    conda:
-        "../../envs/pianomuse.yaml"
     script:
         "../scripts/windows.py"
 

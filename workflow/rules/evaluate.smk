@@ -18,19 +18,20 @@ rule probe:
         report=f"{PROBE_DIR}/probe.md",
         html=f"{PROBE_DIR}/probe.html",
         prompts=directory(f"{PROBE_DIR}/prompts"),
-    params:
-        checkpoints=[f"{RUN_DIR}/best.pth"] + [BASELINE_CHECKPOINTS[name] for name in BASELINES],
-        settings=config["probe"],
-        device=config["train"]["device"],
-    threads: 1  # one token of K samples at a time: too little work to share between threads
-    resources:
-        gpu=min(train_gpus(config), 1),
     log:
         f"results/logs/probe/{RUN}.log",
     benchmark:
         f"results/benchmarks/probe/{RUN}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
+    threads: 1  # one token of K samples at a time: too little work to share between threads
+    resources:
+        gpu=min(train_gpus(config), 1),
+    params:
+        checkpoints=[f"{RUN_DIR}/best.pth"]
+        + [BASELINE_CHECKPOINTS[name] for name in BASELINES],
+        settings=config["probe"],
+        device=config["train"]["device"],
     script:
         "../scripts/probe.py"
 
@@ -48,6 +49,15 @@ rule evaluate:
         html=f"{EVAL_DIR}/report.html",
         metrics=f"{EVAL_DIR}/metrics.json",
         samples=directory(f"{EVAL_DIR}/samples"),
+    log:
+        f"results/logs/evaluate/{RUN}.log",
+    benchmark:
+        f"results/benchmarks/evaluate/{RUN}.tsv"
+    conda:
+        "../../envs/pianomuse.yaml"
+    threads: 1  # one token of K samples at a time: too little work to share between threads
+    resources:
+        gpu=min(train_gpus(config), 1),  # one device is plenty to sample K streams
     params:
         run_dir=lambda wildcards, input: os.path.dirname(input.done),
         baselines=[BASELINE_CHECKPOINTS[name] for name in BASELINES],
@@ -56,14 +66,5 @@ rule evaluate:
         completion_bars=config["windows"]["completion_bars"],
         device=config["train"]["device"],
         batch_tokens=config["train"]["batch_tokens"],
-    threads: 1  # one token of K samples at a time: too little work to share between threads
-    resources:
-        gpu=min(train_gpus(config), 1),  # one device is plenty to sample K streams
-    log:
-        f"results/logs/evaluate/{RUN}.log",
-    benchmark:
-        f"results/benchmarks/evaluate/{RUN}.tsv"
-    conda:
-        "../../envs/pianomuse.yaml"
     script:
         "../scripts/evaluate.py"

@@ -5,10 +5,8 @@
 # copy and `pianomuse complete` with the same sources shares one build instead of compiling again. The record
 # names the folder; train and evaluate load what it names.
 
+
 rule kernels:
-    params:
-        # The kernel sources and the Python that builds and checks them, by content (see kernel_files_digest).
-        sources=kernel_files_digest(),
     output:
         record="results/kernels/kernels.json",
     log:
@@ -17,5 +15,8 @@ rule kernels:
         "results/benchmarks/kernels.tsv"
     conda:
         "../../envs/pianomuse.yaml"
+    params:
+        # The kernel sources and the Python that builds and checks them, by content (see kernel_files_digest).
+        sources=kernel_files_digest(),
     script:
         "../scripts/kernels.py"

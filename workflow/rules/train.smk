@@ -16,23 +16,23 @@ rule train_run:
         kernels=rules.kernels.output.record,
     output:
         done="results/checkpoints/{run}/done.json",
-    params:
-        run_dir=lambda wildcards, output: os.path.dirname(output.done),
-        model=lambda wildcards: run_config(wildcards.run)["model"],
-        train=lambda wildcards: run_config(wildcards.run)["train"],
-        data=run_data_record(config),
-    # torch computes with the rule's threads: train.threads, lowered by Snakemake to the cores it was given (-c).
-    threads: lambda wildcards: run_config(wildcards.run)["train"]["threads"]
-    resources:
-        gpu=lambda wildcards: train_gpus(run_config(wildcards.run)),
-    message:
-        "training run {wildcards.run} on {input.train}: progress below, one line per log step in {log}"
     log:
         "results/logs/train/{run}.log",
     benchmark:
         "results/benchmarks/train/{run}.tsv"
     conda:
         "../../envs/pianomuse.yaml"
+    # torch computes with the rule's threads: train.threads, lowered by Snakemake to the cores it was given (-c).
+    threads: lambda wildcards: run_config(wildcards.run)["train"]["threads"]
+    resources:
+        gpu=lambda wildcards: train_gpus(run_config(wildcards.run)),
+    params:
+        run_dir=lambda wildcards, output: os.path.dirname(output.done),
+        model=lambda wildcards: run_config(wildcards.run)["model"],
+        train=lambda wildcards: run_config(wildcards.run)["train"],
+        data=run_data_record(config),
+    message:
+        "training run {wildcards.run} on {input.train}: progress below, one line per log step in {log}"
     script:
         "../scripts/train.py"
 
