@@ -238,7 +238,8 @@ def test_cli_help_explains_every_option_and_shows_the_defaults(capsys):
     for shown in [
         "M (default: 4)",
         "K (default: 4)",
-        "(default: 1.0)",
+        f"(default: {Sampling().temperature})",
+        f"(default: {Sampling().top_p})",
         "(default: 0)",
         "(default: cpu)",
         "the last bar J of the prompt",
