@@ -14,6 +14,7 @@ import urllib.error
 import urllib.request
 import wave
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import pytest
@@ -353,7 +354,10 @@ def test_cli_studio_serves_until_interrupted(checkpoint, renderer, tmp_path):
     command = [sys.executable, "-m", "pianomuse.cli", "studio", "--checkpoint", str(checkpoint), "--port", "0"]
     # stderr to a file, not a pipe: a kernel build's output could fill an unread pipe and block the server's exit.
     with open(tmp_path / "stderr.txt", "w") as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+        # A test run started in the background (`cmd &`) ignores SIGINT, and a child inherits that: restore the
+        # default so that the server gets its KeyboardInterrupt as it does under a terminal.
+        restore_sigint = partial(signal.signal, signal.SIGINT, signal.SIG_DFL)
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=restore_sigint)
     try:
         line = process.stdout.readline()  # printed once serving
         assert line.startswith("pianomuse studio: http://127.0.0.1:") and "Ctrl-C" in line, (
