@@ -57,7 +57,7 @@ def main() -> None:
             "groove similarity": sampled["metrics"][name]["groove similarity"][0],
             "probe": probe["summary"][name][0],
         }
-        rows.append({"temperature": temperature, "top_p": top_p, **scores, "mean": sum(scores.values()) / 4})
+        rows.append({"temperature": temperature, "top_p": top_p, **scores, "mean": sum(scores.values()) / len(scores)})
         print(json.dumps(rows[-1]), flush=True)
     (Path(args.out) / Path(args.run).name / "grid.json").write_text(json.dumps(rows, indent=2))
     print("| temperature | top-p | " + " | ".join(MEASURES) + " | mean |")

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from miditok import REMI
 
 from pianomuse.files import write_parquet_atomic
-from pianomuse.remi import TempoMarkers, list_array, pitch_token_ids, shard_rows, standalone_bars
+from pianomuse.remi import TempoMarkers, list_array, pitch_token_ids, standalone_bars, table_rows
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import TOKEN_SHARD_SCHEMA
 
@@ -111,7 +111,7 @@ def augment_shard(
             rows.schema.get_field_index("transpose"), "transpose", pa.array(np.full(len(shard), offset, np.int8))
         )
         transposed.append(rows.filter(pa.array(fits)))
-    looped = loop_rows(tokenizer, shard, shard_path, loops, offsets) if loops else TOKEN_SHARD_SCHEMA.empty_table()
+    looped = loop_rows(tokenizer, table, shard, loops, offsets) if loops else TOKEN_SHARD_SCHEMA.empty_table()
     augmented = pa.concat_tables([*transposed, looped]).sort_by([("piece_id", "ascending"), ("transpose", "ascending")])
     write_parquet_atomic(augmented, out_path)
     return {
@@ -149,9 +149,9 @@ def piece_rng(seed: int, piece_id: str) -> np.random.Generator:
 
 def loop_row(
     ids: np.ndarray, bar_offsets: np.ndarray, has_note: np.ndarray, loops: Loops, rng: np.random.Generator, tables: dict
-) -> tuple[np.ndarray, int, int, int] | None:
-    """One loop of a piece: (its ids, first bar of the span, span bars, transposition), or None when the piece has
-    no span of bars that each hold a note, or the drawn transposition leaves the pitch range."""
+) -> tuple[np.ndarray, np.ndarray, int, int, int] | None:
+    """One loop of a piece: (its ids, their bar offsets, first bar of the span, span bars, transposition), or None
+    when the piece has no span of bars that each hold a note, or the drawn transposition leaves the pitch range."""
     span = int(rng.choice(loops.span_bars))
     # Spans whose bars all hold a note: a window of all-but-empty bars teaches nothing.
     full = np.convolve(has_note.astype(np.int64), np.ones(span, dtype=np.int64), "valid") == span
@@ -164,32 +164,35 @@ def loop_row(
     if looped is None:
         return None
     bars = np.flatnonzero(looped == tables["bar_id"])
-    return (looped[: bars[loops.length_bars]] if len(bars) > loops.length_bars else looped), first, span, offset
+    if len(bars) > loops.length_bars:  # the last repeat cut to length
+        looped, bars = looped[: bars[loops.length_bars]], bars[: loops.length_bars]
+    return looped, bars, first, span, offset
 
 
-def loop_rows(tokenizer: REMI, shard: pa.Table, shard_path: str | Path, loops: Loops, offsets: list[int]) -> pa.Table:
-    """The loop rows (TOKEN_SHARD_SCHEMA) of every piece of an original token shard, `loops.per_piece` draws each."""
+def loop_rows(tokenizer: REMI, shift_table: np.ndarray, shard: pa.Table, loops: Loops, offsets: list[int]) -> pa.Table:
+    """The loop rows (TOKEN_SHARD_SCHEMA) of every piece of an original token shard, `loops.per_piece` draws each;
+    `shift_table` is the tokenizer's `pitch_shift_table`."""
     is_pitch = np.zeros(len(tokenizer.vocab), dtype=bool)
     is_pitch[pitch_token_ids(tokenizer)] = True
-    tables = {"offsets": offsets, "markers": TempoMarkers.of(tokenizer), "shift": pitch_shift_table(tokenizer),
+    tables = {"offsets": offsets, "markers": TempoMarkers.of(tokenizer), "shift": shift_table,
               "bar_id": tokenizer.vocab["Bar_None"]}  # fmt: skip
-    source_row = {piece_id: r for r, piece_id in enumerate(shard["piece_id"].to_pylist())}
-    rows, ids_column = [], []
-    for piece_id, _, ids, bar_offsets in shard_rows(shard_path):
+    rows, ids_column, bars_column = [], [], []
+    for r, (piece_id, _, ids, bar_offsets) in enumerate(table_rows(shard)):
         rng = piece_rng(loops.seed, piece_id)
         has_note = np.add.reduceat(is_pitch[ids], bar_offsets.astype(np.int64)) > 0 if len(bar_offsets) else np.zeros(0)
         for _ in range(loops.per_piece):
             loop = loop_row(ids, bar_offsets, has_note, loops, rng, tables)
             if loop is not None:
-                looped, first, span, offset = loop
-                rows.append((source_row[piece_id], f"{piece_id}{LOOP_MARK}{first}+{span}", offset))
+                looped, bars, first, span, offset = loop
+                rows.append((r, f"{piece_id}{LOOP_MARK}{first}+{span}", offset))
                 ids_column.append(looped)
+                bars_column.append(bars)
     picked = shard.take(pa.array([r for r, _, _ in rows], pa.int64()))
     columns = {
         "piece_id": pa.array([name for _, name, _ in rows], pa.string()),
         "transpose": pa.array(np.array([offset for _, _, offset in rows], dtype=np.int8)),
         "ids": list_array(ids_column, pa.uint16()),
-        "bar_offsets": list_array([np.flatnonzero(i == tables["bar_id"]) for i in ids_column], pa.uint32()),
+        "bar_offsets": list_array(bars_column, pa.uint32()),
         "n_notes": pa.array(np.array([int(is_pitch[i].sum()) for i in ids_column], dtype=np.int32)),
     }
     for name, column in columns.items():

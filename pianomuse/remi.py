@@ -121,8 +121,13 @@ def standalone_bars(
 
 
 def shard_rows(shard_path: str | Path) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
-    """(piece_id, transpose, ids, bar_offsets) of every row of a token shard, the arrays sliced from whole columns."""
-    table = pq.read_table(shard_path, columns=["piece_id", "transpose", "ids", "bar_offsets"])
+    """(piece_id, transpose, ids, bar_offsets) of every row of a token shard file (see `table_rows`)."""
+    return table_rows(pq.read_table(shard_path, columns=["piece_id", "transpose", "ids", "bar_offsets"]))
+
+
+def table_rows(table: pa.Table) -> Iterator[tuple[str, int, np.ndarray, np.ndarray]]:
+    """(piece_id, transpose, ids, bar_offsets) of every row of a token-shard table, in row order, the arrays sliced
+    from whole columns."""
     columns = {}
     for name in ["ids", "bar_offsets"]:
         lists = table[name].combine_chunks()
