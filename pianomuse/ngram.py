@@ -198,7 +198,8 @@ class NgramModel:
             for row, history in enumerate(ids[:, -1].tolist()):
                 if history < 0:
                     continue
-                lo, hi = np.searchsorted(self.keys[k - 1], [history * V, (history + 1) * V])
+                # uint64 bounds: a Python-int query would make numpy cast all of the keys on every call
+                lo, hi = np.searchsorted(self.keys[k - 1], np.array([history * V, (history + 1) * V], dtype=np.uint64))
                 p[row] *= self.gammas[k - 2][history]
                 p[row, (self.keys[k - 1][lo:hi] % np.uint64(V)).astype(np.int64)] += self.probs[k - 2][lo:hi]
             if k < self.order:  # numbers of the k-grams ending at columns k-1..m-1
