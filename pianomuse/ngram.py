@@ -313,7 +313,7 @@ def seeded_subset(dataset: datasets.Dataset, n: int | None, seed: int, stream: i
     if n is None or len(dataset) <= n:
         return dataset
     rows = np.sort(np.random.default_rng([seed, stream]).choice(len(dataset), size=n, replace=False))
-    return dataset.select(rows).flatten_indices()
+    return dataset.select(rows).flatten_indices(keep_in_memory=True)  # no cache file in the windows' folder
 
 
 def fit_ngram(

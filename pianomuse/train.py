@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import json
 import math
 import os
 import random
@@ -209,10 +210,13 @@ def model_config(config: dict, vocab_size: int) -> RWKV7Config | TransformerConf
 
 
 def windows_fingerprint(*dataset_dirs: str | Path) -> str:
-    """SHA-256 over the Arrow files of saved datasets: a run resumes only on the windows it started on."""
+    """SHA-256 over the data files of saved datasets (those their state.json lists, not the cache files that
+    `datasets` may write beside them): a run resumes only on the windows it started on."""
     digest = hashlib.sha256()
     for directory in dataset_dirs:
-        for path in sorted(Path(directory).glob("*.arrow")):
+        state = json.loads((Path(directory) / "state.json").read_text())
+        for name in sorted(entry["filename"] for entry in state["_data_files"]):
+            path = Path(directory) / name
             with open(path, "rb") as f:
                 while chunk := f.read(1 << 20):
                     digest.update(chunk)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,7 +19,16 @@ from workflow_helpers import TINY_TRAIN, copy_workflow, snakemake, write_tiny_ru
 
 from pianomuse.cli import main
 from pianomuse.complete import Completer, Sampling
-from pianomuse.ngram import NgramCounts, NgramDecoder, NgramModel, choose_order, discounts, fit_ngram, fresh_starts
+from pianomuse.ngram import (
+    NgramCounts,
+    NgramDecoder,
+    NgramModel,
+    choose_order,
+    discounts,
+    fit_ngram,
+    fresh_starts,
+    seeded_subset,
+)
 from pianomuse.remi import tokenize_score
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.windows import build_windows
@@ -173,6 +183,16 @@ def ngram_run(tmp_path_factory, tokenizer_path):
         build_windows(tokenizer_path, [root / f"{split}.parquet"], 4, 2, 2, 4096, root / split)
     info = fit_ngram(root / "train", root / "validation", tokenizer_path, root / "run", [1, 2, 4, 8], None, None, 0)
     return root / "run", info
+
+
+def test_a_subset_of_the_windows_leaves_their_folder_untouched(ngram_run):
+    """The windows are another stage's output (and a training run's resume fingerprint): no cache file beside them."""
+    train_dir = ngram_run[0].parent / "train"
+    before = sorted(path.name for path in train_dir.iterdir())
+    windows = datasets.load_from_disk(str(train_dir))
+    subset = seeded_subset(windows, len(windows) - 1, seed=0, stream=1)
+    assert len(subset) == len(windows) - 1 and subset[0]["context_ids"] in windows["context_ids"]
+    assert sorted(path.name for path in train_dir.iterdir()) == before
 
 
 def test_the_stage_chooses_an_order_and_records_every_orders_nll(ngram_run):

@@ -29,7 +29,7 @@ from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.optim import lr_factor, optimizer_groups
 from pianomuse.run_log import read_metrics
 from pianomuse.scoring import batch_nll
-from pianomuse.train import NonFiniteGuard, launch, train, train_step
+from pianomuse.train import NonFiniteGuard, launch, train, train_step, windows_fingerprint
 
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 TINY_MODEL = {"n_layer": 2, "n_embd": 64, "head_size": 64}
@@ -284,6 +284,17 @@ def test_resuming_on_other_windows_is_refused(synthetic_data, tmp_path):
     torch.save(state, tmp_path / "run/last.state.pt")
     with pytest.warns(UserWarning, match="without a windows fingerprint"):
         run(run_config(max_steps=2), rebuilt, tmp_path / "run")
+
+
+def test_the_windows_fingerprint_reads_the_data_files_not_the_cache_files_beside_them(synthetic_data, tmp_path):
+    fingerprint = windows_fingerprint(synthetic_data / "train", synthetic_data / "validation")
+    (synthetic_data / "train" / "cache-0123456789abcdef.arrow").write_bytes(b"an indices cache `datasets` wrote")
+    try:
+        assert windows_fingerprint(synthetic_data / "train", synthetic_data / "validation") == fingerprint
+    finally:
+        (synthetic_data / "train" / "cache-0123456789abcdef.arrow").unlink()
+    datasets.load_from_disk(str(synthetic_data / "train")).select(range(100)).save_to_disk(str(tmp_path / "train"))
+    assert windows_fingerprint(tmp_path / "train", synthetic_data / "validation") != fingerprint
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
