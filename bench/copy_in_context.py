@@ -6,13 +6,21 @@ one that only learned the prompt's key and rhythm stays flat. Run on the run fol
     .venv/bin/python bench/copy_in_context.py results/checkpoints/demo results/checkpoints/demo-loops
 
 Prints, per run, the mean NLL (nats) of bars 1..11 over the 25 figures, and per token for bars 1, 2 and 9..11.
+
+With `--loops-from results/tokens/{hash}/validation` it measures the same on loop rows instead:
+one real bar of each held-out piece played 12 times (`augment.loop_rows`, the train split's loop rows made from
+validation pieces). A run that copies these but not the figures copies MAESTRO-like repeats only; one that copies
+neither has not learned to copy.
 """
 
 import argparse
+from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
+from pianomuse.augment import Loops, loop_rows, pitch_shift_table
 from pianomuse.complete import Completer
 from pianomuse.probe import probe_figures
 
@@ -30,17 +38,33 @@ def bar_nlls(completer: Completer, ids: list[int]) -> tuple[np.ndarray, np.ndarr
     return np.array([nll[bar == b].sum() for b in range(1, BARS)]), np.array([(bar == b).sum() for b in range(1, BARS)])
 
 
+def held_out_loops(completer: Completer, folder: str, count: int) -> list[list[int]]:
+    """One-bar loop rows of BARS bars, one from each piece of a split's token shards (untransposed), at most `count`."""
+    tokenizer = completer.tokenizer
+    loops = Loops(per_piece=1, span_bars=[1], length_bars=BARS, seed=0)
+    shards = sorted(path for path in Path(folder).glob("shard-*.parquet") if not path.name.endswith(".rejects.parquet"))
+    shift = pitch_shift_table(tokenizer)
+    tables = [loop_rows(tokenizer, shift, pq.read_table(shard), loops, offsets=[]) for shard in shards]
+    return [list(map(int, ids)) for table in tables for ids in table.column("ids").to_pylist()][:count]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", help="run folders (results/checkpoints/{run}) or checkpoint files")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--loops-from", help="a split's token folder (results/tokens/{hash}/validation): its loop rows")
+    parser.add_argument("--count", type=int, default=200, help="loop rows measured (with --loops-from)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     figures = probe_figures()
     for run in args.runs:
         completer = Completer.load(run)
         completer.model.eval()
-        sums, counts = zip(*(bar_nlls(completer, completer.prompt_ids(f.score(BARS), None)) for f in figures))
+        if args.loops_from:
+            sequences = held_out_loops(completer, args.loops_from, args.count)
+        else:
+            sequences = [completer.prompt_ids(f.score(BARS), None) for f in figures]
+        sums, counts = zip(*(bar_nlls(completer, ids) for ids in sequences))
         per_bar, per_token = np.mean(sums, axis=0), np.sum(sums, axis=0) / np.sum(counts, axis=0)
         print(f"{run}: NLL per bar, bars 1..{BARS - 1}: {' '.join(f'{v:.1f}' for v in per_bar)}")
         first, second, late = per_token[0], per_token[1], per_token[8:].mean()
