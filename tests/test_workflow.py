@@ -231,8 +231,8 @@ def test_a_preset_file_that_does_not_validate_is_named(tmp_path):
 def run_and_windows(workdir: Path, *args: str) -> tuple[str, str]:
     """The training run a dry run of `train` plans with these arguments, and the windows folder it trains on."""
     output = snakemake(workdir, "--dry-run", "train", *args).stdout
-    (job,) = re.findall(r"^Job \d+: training run (\S+) on (results/windows/\w+)/train:", output, flags=re.M)
-    return job
+    (run_and_folder,) = re.findall(r"^Job \d+: training run (\S+) on (results/windows/\w+)/train:", output, flags=re.M)
+    return run_and_folder
 
 
 def windows_of(workdir: Path, configfile: str | None = None, **config) -> str:
@@ -263,9 +263,10 @@ def test_an_experiment_configfile_applies_over_the_chosen_preset(tmp_path):
     """experiments/*.yaml over the preset config.yaml chooses, or over another one chosen on the command line: the
     experiment's loop rows and run name win over the preset's, its other settings stay."""
     workdir = copy_workflow(tmp_path, preset=None)
+    shipped = yaml.safe_load((workdir / "config.yaml").read_text())["preset"]
     experiment = str(REPO / "experiments/demo-loops.yaml")
     settings = yaml.safe_load(Path(experiment).read_text())
-    for args, preset in [([], "demo"), (["--config", "preset=cpu"], "cpu")]:
+    for args, preset in [([], shipped), (["--config", "preset=cpu"], "cpu")]:
         resolved = load_config(workdir / "config.yaml", {**settings, "preset": preset})
         assert resolved["augment"]["loops"] == settings["augment"]["loops"]
         assert resolved["model"] == load_config(workdir / "config.yaml", {"preset": preset})["model"]
