@@ -6,18 +6,18 @@ import os
 
 from snakemake.utils import min_version, validate
 
-from pianomuse.config import apply_preset
+from pianomuse.config import SCHEMA, preset_file
 
 min_version("9.0")
 
 
+# The defaults, then the chosen preset's file (presets/{preset}.yaml) over them. Snakemake merges the command line
+# (the --configfile files, then --config) into the config again after each configfile, so it wins over both.
 configfile: "config.yaml"
+configfile: preset_file(config)
 
 
-_resolved = apply_preset(config, workflow.config_settings.overwrite_config)
-config.clear()
-config.update(_resolved)
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, SCHEMA)
 
 
 include: "workflow/rules/common.smk"

@@ -1,6 +1,6 @@
 """Training-step throughput and MFU of RWKV-7 against a same-size causal GPT-style Transformer, on the CPU or a GPU.
 
-For each preset (its model size and training batch tokens, read from config.yaml) and context length, the batch
+For each preset (its model size and training batch tokens, presets/ over config.yaml) and context length, the batch
 is batch_tokens / ctx windows of ctx tokens. A training step is forward + backward of the full-vocabulary
 cross-entropy at every position (the training loss scores every token of a window). Reported per model: tokens/s,
 FLOPs per token (pianomuse.flops: products only, causal attention counted as its unmasked half) and MFU, the
@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import yaml
 
+from pianomuse.config import load_config
 from pianomuse.flops import rwkv7_train_flops_per_token, transformer_train_flops_per_token
 from pianomuse.model import RWKV7, RWKV7Config
 
@@ -118,21 +118,16 @@ def wkv7_op_in_use(model: RWKV7, device: torch.device) -> str:
     return "pure-PyTorch twin (compiled kernel unavailable)" if fell_back else f"compiled {device.type} kernel"
 
 
-def load_config() -> dict:
-    return yaml.safe_load((REPO / "config.yaml").read_text())
-
-
 def vocab_size(config: dict) -> int:
     from pianomuse.tokenizer import build_tokenizer
 
     return len(build_tokenizer(**config["tokenizer"]).vocab)
 
 
-def preset_shapes(config: dict, preset: str) -> tuple[int, int, int, int]:
-    """(n_layer, n_embd, head_size, batch_tokens) of a preset: its overrides over the config's defaults."""
-    overrides = config["presets"][preset]
-    model = {**config["model"], **overrides.get("model", {})}
-    train = {**config["train"], **overrides.get("train", {})}
+def preset_shapes(preset: str) -> tuple[int, int, int, int]:
+    """(n_layer, n_embd, head_size, batch_tokens) of a preset: its file in presets/ over config.yaml's defaults."""
+    resolved = load_config(REPO / "config.yaml", {"preset": preset})
+    model, train = resolved["model"], resolved["train"]
     return model["n_layer"], model["n_embd"], model["head_size"], train["batch_tokens"]
 
 
@@ -178,11 +173,11 @@ def profile_step(model: RWKV7, idx: torch.Tensor, rows: int) -> None:
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
-def measure_rows(args, config: dict, vocab: int, device: torch.device, peaks: list[float]) -> list[dict]:
+def measure_rows(args, vocab: int, device: torch.device, peaks: list[float]) -> list[dict]:
     """Tokens/s of both models for every preset and context; a matmul peak is measured before each row too."""
     rows = []
     for preset in args.presets:
-        n_layer, n_embd, head_size, batch_tokens = preset_shapes(config, preset)
+        n_layer, n_embd, head_size, batch_tokens = preset_shapes(preset)
         torch.manual_seed(0)
         rwkv = RWKV7(RWKV7Config(vocab_size=vocab, n_layer=n_layer, n_embd=n_embd, head_size=head_size)).to(device)
         transformer = CausalTransformer(vocab, n_layer, n_embd, N_HEAD, 4 * n_embd, max(args.ctx)).to(device)
@@ -233,7 +228,7 @@ def print_table(rows: list[dict], peak: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["demo", "default"], help="config.yaml presets")
+    parser.add_argument("--presets", nargs="+", default=["demo", "default"], help="presets (files in presets/)")
     parser.add_argument("--ctx", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument(
         "--threads",
@@ -252,8 +247,7 @@ def main() -> None:
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    config = load_config()
-    vocab = args.vocab or vocab_size(config)
+    vocab = args.vocab or vocab_size(load_config(REPO / "config.yaml"))
     for threads in args.threads:
         torch.set_num_threads(threads)
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -261,7 +255,7 @@ def main() -> None:
         # MFU is over the best matmul peak seen in the run: on a shared machine the peak is measured low whenever
         # other jobs run during it, and the best measurement is the closest to the machine's real one.
         peaks = [matmul_peak(device, args.peak_size, repeats=5)]
-        rows = measure_rows(args, config, vocab, device, peaks)
+        rows = measure_rows(args, vocab, device, peaks)
         peaks.append(matmul_peak(device, args.peak_size, repeats=5))
         load = " ".join(f"{x:.1f}" for x in os.getloadavg())
         print(

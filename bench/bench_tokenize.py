@@ -69,7 +69,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        for name in ["Snakefile", "config.yaml", "workflow", "envs"]:
+        for name in ["Snakefile", "config.yaml", "presets", "workflow", "envs"]:
             source = REPO / name
             (shutil.copytree if source.is_dir() else shutil.copy)(source, workdir / name)
         overrides = {

@@ -1,4 +1,4 @@
-"""Workflow configuration: named presets applied over the defaults, command-line overrides kept on top."""
+"""Workflow configuration: config.yaml's defaults, the chosen preset's file over them, the command line on top."""
 
 from __future__ import annotations
 
@@ -8,8 +8,15 @@ import json
 from pathlib import Path
 
 import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 
 from pianomuse.files import write_json
+
+# Beside config.yaml (paths relative to the workflow's folder): one file per preset, and the schema that documents
+# every key.
+PRESETS = "presets"
+SCHEMA = "workflow/schemas/config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -27,25 +34,55 @@ def deep_merge(base: dict, overrides: dict) -> dict:
     return merged
 
 
-def apply_preset(config: dict, command_line: dict) -> dict:
-    """Resolve `config` (config.yaml with the command line already merged in) into the settings of one run.
+def preset_schema(schema: dict) -> dict:
+    """The config schema for a preset file: any subset of the keys, each as the config schema has it (nothing is
+    required), and no `preset` key: a preset cannot choose another preset."""
 
-    The preset named by `config["preset"]` is applied over the defaults, then the command-line values are applied
-    again so that they win over the preset. The `presets` table itself is dropped from the result.
-    """
-    presets = config.get("presets", {})
+    def optional(node: object) -> object:
+        if isinstance(node, dict):
+            return {key: optional(value) for key, value in node.items() if key != "required"}
+        if isinstance(node, list):
+            return [optional(value) for value in node]
+        return node
+
+    partial = optional(schema)
+    partial["properties"] = {key: value for key, value in partial["properties"].items() if key != "preset"}
+    return partial
+
+
+def preset_file(config: dict, root: str | Path = ".") -> str:
+    """The file of the preset that `config` chooses (`preset: NAME` -> `presets/NAME.yaml` under `root`, the
+    workflow's folder; no `preset` key chooses `default`), checked against the config schema. ConfigError naming
+    the presets there are when it has no file, naming the file and the key when its file does not validate."""
+    root = Path(root)
+    folder = root / PRESETS
     name = config.get("preset", "default")
-    if name not in presets:
-        raise ConfigError(f"unknown preset {name!r}; config.yaml defines: {', '.join(sorted(presets)) or 'none'}")
-    defaults = {key: value for key, value in config.items() if key != "presets"}
-    return deep_merge(deep_merge(defaults, presets[name] or {}), command_line)
+    known = sorted(path.stem for path in folder.glob("*.yaml"))
+    if name not in known:
+        raise ConfigError(
+            f"unknown preset {name!r} (no {folder}/{name}.yaml); the presets are: {', '.join(known) or 'none'}"
+        )
+    path = folder / f"{name}.yaml"
+    settings = yaml.safe_load(path.read_text())
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: must be a mapping of config keys ({{}} for none)")
+    schema = preset_schema(yaml.safe_load((root / SCHEMA).read_text()))
+    error = best_match(Draft202012Validator(schema).iter_errors(settings))
+    if error is not None:
+        where = ".".join(str(part) for part in error.absolute_path) or "top level"
+        raise ConfigError(f"{path}: {error.message} (at {where})")
+    return str(path)
 
 
 def load_config(path: str | Path = "config.yaml", overrides: dict | None = None) -> dict:
-    """The settings `snakemake` resolves from the config file `path` (with `--config`-style `overrides`), for
-    Python that needs them outside the workflow, e.g. to find the data folders."""
+    """The settings `snakemake` resolves from the config file `path` and `--configfile`/`--config`-style
+    `overrides`, for Python that needs them outside the workflow, e.g. to find the data folders: the defaults, the
+    preset's file over them (from the presets/ folder beside `path`), `overrides` over both."""
     overrides = overrides or {}
-    return apply_preset(deep_merge(yaml.safe_load(Path(path).read_text()), overrides), overrides)
+    path = Path(path)
+    defaults = deep_merge(yaml.safe_load(path.read_text()), overrides)
+    preset = yaml.safe_load(Path(preset_file(defaults, path.parent)).read_text())
+    return deep_merge(deep_merge(defaults, preset), overrides)
 
 
 # ----------------------------------------------------------------------------------------------------------------

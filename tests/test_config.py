@@ -1,52 +1,119 @@
-"""Presets and command-line overrides resolve in the documented order: defaults < preset < command line."""
+"""The settings of a run resolve in the documented order: config.yaml < the preset's file < the command line."""
 
 import copy
 import json
+import re
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 import yaml
+from jsonschema import Draft202012Validator
 
 from pianomuse.complete import Sampling
 from pianomuse.config import (
+    PRESETS,
+    SCHEMA,
     ConfigError,
-    apply_preset,
     check_run_data,
     data_folders,
     load_config,
+    preset_file,
+    preset_schema,
     record_run_data,
     run_data_record,
 )
 
 REPO = Path(__file__).resolve().parents[1]
-
-CONFIG = {
-    "preset": "demo",
-    "windows": {"context_bars": 8, "completion_bars": 4},
-    "presets": {"default": {}, "demo": {"windows": {"context_bars": 4}}},
-}
+DEFAULTS = yaml.safe_load((REPO / "config.yaml").read_text())
+SHIPPED_PRESETS = ["cpu", "default", "demo", "full", "mirex"]  # the README describes each
 
 
-def test_preset_overrides_defaults_and_keeps_the_rest():
-    resolved = apply_preset(CONFIG, {})
-    assert resolved["windows"] == {"context_bars": 4, "completion_bars": 4}
+def preset_settings(name: str) -> dict:
+    return yaml.safe_load((REPO / PRESETS / f"{name}.yaml").read_text())
+
+
+def test_the_preset_applies_over_the_defaults_and_keeps_the_rest():
+    resolved = load_config(REPO / "config.yaml", {"preset": "mirex"})
+    assert resolved["windows"] == preset_settings("mirex")["windows"] != DEFAULTS["windows"]
+    assert resolved["train"] == {**DEFAULTS["train"], "run": "mirex"}
+    assert {key: value for key, value in resolved.items() if key not in ("windows", "train", "preset")} == {
+        key: value for key, value in DEFAULTS.items() if key not in ("windows", "train", "preset")
+    }
     assert "presets" not in resolved
 
 
-def test_command_line_wins_over_the_preset():
-    resolved = apply_preset(CONFIG, {"windows": {"context_bars": 2}})
-    assert resolved["windows"]["context_bars"] == 2
+def test_overrides_win_over_the_preset_and_keep_its_other_values():
+    """`--configfile`/`--config` values over the preset's, key by key: the preset's other values in a section stay."""
+    demo = preset_settings("demo")
+    resolved = load_config(REPO / "config.yaml", {"preset": "demo", "train": {"lr": 0.5, "run": "mine"}})
+    assert resolved["train"] == {**DEFAULTS["train"], **demo["train"], "lr": 0.5, "run": "mine"}
+    assert resolved["model"] == {**DEFAULTS["model"], **demo["model"]}
 
 
-def test_resolving_does_not_mutate_the_input():
-    apply_preset(CONFIG, {"windows": {"context_bars": 2}})
-    assert CONFIG["windows"]["context_bars"] == 8
+def test_the_preset_comes_from_config_yaml_unless_overridden():
+    shipped = load_config(REPO / "config.yaml")
+    assert shipped["preset"] == DEFAULTS["preset"] and shipped["train"]["run"] == DEFAULTS["preset"]
+    assert load_config(REPO / "config.yaml", {"preset": "cpu"})["train"]["run"] == "cpu"
+
+
+def test_resolving_does_not_mutate_the_overrides():
+    overrides = {"preset": "demo", "windows": {"context_bars": 2}}
+    kept = copy.deepcopy(overrides)
+    load_config(REPO / "config.yaml", overrides)
+    assert overrides == kept
+
+
+@pytest.mark.parametrize("name", SHIPPED_PRESETS)
+def test_every_shipped_preset_validates_and_selects_its_run_name(name):
+    """Each presets/ file validates on its own (a subset of the keys) and over the defaults (the whole schema), and
+    names its own run, so that no two presets share checkpoints or reports."""
+    assert sorted(path.stem for path in (REPO / PRESETS).glob("*.yaml")) == SHIPPED_PRESETS
+    assert preset_file({"preset": name}, REPO) == str(REPO / PRESETS / f"{name}.yaml")
+    resolved = load_config(REPO / "config.yaml", {"preset": name})
+    schema = yaml.safe_load((REPO / SCHEMA).read_text())
+    assert list(Draft202012Validator(schema).iter_errors(resolved)) == []
+    assert resolved["train"]["run"] == name
 
 
 def test_unknown_preset_names_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown preset 'fast'.*default, demo"):
-        apply_preset({**CONFIG, "preset": "fast"}, {})
+    message = r"unknown preset 'fast' \(no .*presets/fast.yaml\); the presets are: cpu, default, demo, full, mirex$"
+    with pytest.raises(ConfigError, match=message):
+        preset_file({"preset": "fast"}, REPO)
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        load_config(REPO / "config.yaml", {"preset": "fast"})
+    with pytest.raises(ConfigError, match=r"unknown preset '\.\./config'"):
+        preset_file({"preset": "../config"}, REPO)  # a name, never a path
+
+
+@pytest.mark.parametrize(
+    ("settings", "error"),
+    [
+        ({"windows": {"contxt_bars": 3}}, r"Additional properties are not allowed \('contxt_bars' .*\(at windows\)"),
+        ({"train": {"lr": "fast"}}, r"'fast' is not of type 'number' \(at train.lr\)"),
+        ({"train": {"lr": -1.0}}, r"-1.0 is less than or equal to the minimum of 0 \(at train.lr\)"),
+        ({"preset": "demo"}, r"\('preset' was unexpected\) \(at top level\)"),
+        (None, r"must be a mapping of config keys"),
+        ([1, 2], r"must be a mapping of config keys"),
+    ],
+)
+def test_a_preset_file_that_does_not_validate_is_named_with_the_key(tmp_path, settings, error):
+    shutil.copytree(REPO / "workflow/schemas", tmp_path / "workflow/schemas")
+    (tmp_path / PRESETS).mkdir()
+    (tmp_path / PRESETS / "bad.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(ConfigError, match=f"{re.escape(str(tmp_path / PRESETS / 'bad.yaml'))}: .*{error}"):
+        preset_file({"preset": "bad"}, tmp_path)
+
+
+def test_a_preset_needs_none_of_the_keys_but_keeps_every_rule():
+    schema = yaml.safe_load((REPO / SCHEMA).read_text())
+    partial = Draft202012Validator(preset_schema(schema))
+    assert partial.is_valid({}) and partial.is_valid({"train": {"lr": 0.5}, "windows": {"step": 2}})
+    assert not partial.is_valid({"train": {"lr": 0}}) and not partial.is_valid({"model": {"arch": "lstm"}})
+    assert not partial.is_valid({"preset": "demo"})
+    # The config's own schema is left as it is: it still requires every section and allows `preset`.
+    assert not Draft202012Validator(schema).is_valid({}) and "preset" in schema["properties"]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,14 +24,13 @@ from workflow_helpers import REPO, copy_workflow, data_dirs, snakemake, write_ti
 
 from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
 from pianomuse.checkpoint import save_weights
-from pianomuse.config import apply_preset
+from pianomuse.config import load_config
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.optim import lr_factor, optimizer_groups
 from pianomuse.run_log import read_metrics
 from pianomuse.scoring import batch_nll
 from pianomuse.train import NonFiniteGuard, launch, train, train_step, windows_fingerprint
 
-CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 TINY_MODEL = {"n_layer": 2, "n_embd": 64, "head_size": 64}
 
 
@@ -198,7 +197,7 @@ def synthetic_data(tmp_path_factory, tokenizer_path):
 
 
 def run_config(**train_overrides) -> dict:
-    config = apply_preset({**CONFIG, "preset": "default"}, {})
+    config = load_config(REPO / "config.yaml", {"preset": "default"})
     config["model"] = dict(TINY_MODEL)
     config["train"].update(
         device="cpu",

@@ -8,21 +8,18 @@ import json
 
 import pytest
 import torch
-import yaml
 from midi_factory import make_piano_score
 from test_complete import check_samples
 from test_train import deterministic_columns, run, run_config, synthetic_data  # noqa: F401 (a fixture)
 from workflow_helpers import REPO
 
 from pianomuse.complete import Completer, CompletionError, Sampling
-from pianomuse.config import apply_preset
+from pianomuse.config import load_config
 from pianomuse.model import RWKV7
 from pianomuse.models import arch_of, build_model, matched_mlp_hidden, model_config
 from pianomuse.run_log import read_metrics
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.transformer import KVCache, Transformer, TransformerConfig, TransformerDecoder
-
-CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 
 
 def n_params(model: torch.nn.Module) -> int:
@@ -31,7 +28,7 @@ def n_params(model: torch.nn.Module) -> int:
 
 @pytest.mark.parametrize("preset", ["default", "demo", "full"])
 def test_parameter_count_is_within_ten_percent_of_rwkv7_at_every_preset_size(preset, tokenizer_path):
-    model = apply_preset(CONFIG, {"preset": preset})["model"]
+    model = load_config(REPO / "config.yaml", {"preset": preset})["model"]
     vocab_size = len(load_tokenizer(tokenizer_path).vocab)
     sizes = {}
     for arch in ["rwkv7", "transformer"]:

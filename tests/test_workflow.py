@@ -26,10 +26,16 @@ from workflow_helpers import (
     snakemake,
 )
 
-from pianomuse.config import deep_merge
+from pianomuse.config import deep_merge, load_config
 from pianomuse.tokenizer import load_tokenizer
 
 TRAIN_VALIDATION_TEST = ["train", "train", "validation", "validation", "test", "test"]
+
+
+def planned_outputs(workdir: Path, *args: str) -> list[str]:
+    """The output files of the jobs a dry run would execute, in its order."""
+    output = snakemake(workdir, "--dry-run", *args).stdout
+    return [path for line in re.findall(r"^\s+output: (.*)$", output, flags=re.M) for path in line.split(", ")]
 
 
 def planned_jobs(workdir: Path, *args: str) -> Counter:
@@ -144,8 +150,7 @@ def test_switching_windows_settings_and_back_rebuilds_and_deletes_nothing(workfl
 @pytest.mark.slow
 def test_another_preset_plans_only_its_own_folders(workflow_run):
     """`--config preset=demo` in a checkout that built the default preset's data: its jobs write elsewhere."""
-    output = snakemake(workflow_run, "--dry-run", "data", "--config", "preset=demo").stdout
-    planned = [path for line in re.findall(r"^\s+output: (.*)$", output, flags=re.M) for path in line.split(", ")]
+    planned = planned_outputs(workflow_run, "data", "--config", "preset=demo")
     assert planned and len(planned) == len(set(planned))
     ours = [str(folder.relative_to(workflow_run)) for folder in data_dirs(workflow_run).values()]
     assert not [path for path in planned if path.startswith(tuple(ours))]
@@ -198,10 +203,76 @@ def test_unknown_config_key_is_a_clear_error(tmp_path):
 
 
 def test_unknown_preset_is_a_clear_error(tmp_path):
+    """A preset without a file stops the workflow, naming the presets there are, also when a --configfile is given
+    (Snakemake itself skips a missing configfile then)."""
     workdir = copy_workflow(tmp_path)
-    result = snakemake(workdir, "--dry-run", "data", "--config", "preset=fast", check=False)
+    (workdir / "overrides.yaml").write_text(yaml.safe_dump({"train": {"run": "mine"}}))
+    for args in [["--config", "preset=fast"], ["--configfile", "overrides.yaml", "--config", "preset=fast"]]:
+        result = snakemake(workdir, "--dry-run", "data", *args, check=False)
+        assert result.returncode != 0
+        assert (
+            "unknown preset 'fast' (no presets/fast.yaml); the presets are: cpu, default, demo, full, mirex"
+            in result.stdout + result.stderr
+        )
+    assert not (workdir / "results").exists()
+
+
+def test_a_preset_file_that_does_not_validate_is_named(tmp_path):
+    workdir = copy_workflow(tmp_path, preset="demo")
+    demo = workdir / "presets/demo.yaml"
+    demo.write_text(demo.read_text().replace("  lr: 3.0e-3", "  learning_rate: 3.0e-3"))
+    result = snakemake(workdir, "--dry-run", "data", check=False)
     assert result.returncode != 0
-    assert "unknown preset 'fast'" in result.stdout + result.stderr
+    assert "presets/demo.yaml: Additional properties are not allowed ('learning_rate' was unexpected) (at train)" in (
+        result.stdout + result.stderr
+    )
+
+
+def run_and_windows(workdir: Path, *args: str) -> tuple[str, str]:
+    """The training run a dry run of `train` plans with these arguments, and the windows folder it trains on."""
+    output = snakemake(workdir, "--dry-run", "train", *args).stdout
+    (run_and_folder,) = re.findall(r"^Job \d+: training run (\S+) on (results/windows/\w+)/train:", output, flags=re.M)
+    return run_and_folder
+
+
+def windows_of(workdir: Path, configfile: str | None = None, **config) -> str:
+    return str(data_dirs(workdir, configfile, **config)["windows"].relative_to(workdir))
+
+
+def test_the_command_line_wins_over_the_preset(tmp_path):
+    """`--config` over `--configfile` over the preset over config.yaml, key by key: a value one level sets replaces
+    that key only, and the preset's other values stay (the windows folder's key holds every data setting)."""
+    workdir = copy_workflow(tmp_path, preset="demo")
+    assert run_and_windows(workdir) == ("demo", windows_of(workdir))
+    overrides = {"maestro": {"pieces_per_split": 7}, "train": {"run": "from-file"}}
+    (workdir / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    resolved = load_config(workdir / "config.yaml", overrides)
+    demo = yaml.safe_load((workdir / "presets/demo.yaml").read_text())
+    assert resolved["maestro"]["pieces_per_split"] == 7 != demo["maestro"]["pieces_per_split"]
+    assert resolved["augment"]["transpositions"] == demo["augment"]["transpositions"]
+    windows = windows_of(workdir, "overrides.yaml")
+    assert windows not in (windows_of(workdir), windows_of(workdir, "overrides.yaml", preset="default"))
+    assert run_and_windows(workdir, "--configfile", "overrides.yaml") == ("from-file", windows)
+    from_cli = run_and_windows(workdir, "--configfile", "overrides.yaml", "--config", "train={run: from-cli}")
+    assert from_cli == ("from-cli", windows)
+    mirex = run_and_windows(workdir, "--configfile", "overrides.yaml", "--config", "preset=mirex")
+    assert mirex == ("from-file", windows_of(workdir, "overrides.yaml", preset="mirex"))
+
+
+def test_an_experiment_configfile_applies_over_the_chosen_preset(tmp_path):
+    """experiments/*.yaml over the preset config.yaml chooses, or over another one chosen on the command line: the
+    experiment's loop rows and run name win over the preset's, its other settings stay."""
+    workdir = copy_workflow(tmp_path, preset=None)
+    shipped = yaml.safe_load((workdir / "config.yaml").read_text())["preset"]
+    experiment = str(REPO / "experiments/demo-loops.yaml")
+    settings = yaml.safe_load(Path(experiment).read_text())
+    for args, preset in [([], shipped), (["--config", "preset=cpu"], "cpu")]:
+        resolved = load_config(workdir / "config.yaml", {**settings, "preset": preset})
+        assert resolved["augment"]["loops"] == settings["augment"]["loops"]
+        assert resolved["model"] == load_config(workdir / "config.yaml", {"preset": preset})["model"]
+        windows = windows_of(workdir, experiment, preset=preset)
+        assert windows != windows_of(workdir, preset=preset)
+        assert run_and_windows(workdir, "--configfile", experiment, *args) == ("demo-loops", windows)
 
 
 @pytest.mark.slow
@@ -291,8 +362,8 @@ def test_readme_commands_run_as_written(tmp_path, maestro_dir):
         (venv_bin / name).chmod(0o755)
     config = yaml.safe_load((checkout / "config.yaml").read_text())
     assert config["preset"] == "demo" and config["maestro_dir"] == "../shared/data/maestro-v3.0.0"
-    config["presets"]["demo"] = deep_merge(config["presets"]["demo"], TINY_DEMO)
-    (checkout / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    demo = checkout / "presets/demo.yaml"
+    demo.write_text(yaml.safe_dump(deep_merge(yaml.safe_load(demo.read_text()), TINY_DEMO), sort_keys=False))
 
     for command in commands:
         result = subprocess.run(command, shell=True, cwd=checkout, capture_output=True, text=True)

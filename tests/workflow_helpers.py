@@ -21,7 +21,7 @@ from midi_factory import make_piano_score, write_midi
 from pianomuse.config import data_folders, deep_merge, load_config
 
 REPO = Path(__file__).resolve().parents[1]
-WORKFLOW_FILES = ["Snakefile", "config.yaml", "profiles", "workflow", "envs"]
+WORKFLOW_FILES = ["Snakefile", "config.yaml", "presets", "profiles", "workflow", "envs"]
 MAESTRO_CSV_HEADER = [
     "canonical_composer",
     "canonical_title",
