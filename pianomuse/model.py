@@ -28,7 +28,7 @@ from torch.autograd.function import FunctionCtx
 from torch.utils.checkpoint import checkpoint
 
 from pianomuse.kernels.token_mix import token_mix
-from pianomuse.kernels.wkv7 import wkv7, wkv7_step
+from pianomuse.kernels.wkv7 import MAX_LOG_DECAY, wkv7, wkv7_step
 
 
 def lora_dim(n_embd: int, factor: float) -> int:
@@ -166,7 +166,7 @@ class TimeMix(nn.Module):
         r = self.receptance(xr)
         # RWKV-LM's decay is exp(-exp(-softplus(-z) - 0.5)) with z = w0 + LoRA; its log is -exp(-0.5) * sigmoid(z),
         # always in (-0.607, 0): every channel forgets at least a little and at most 45% per token.
-        w = -math.exp(-0.5) * torch.sigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)
+        w = -MAX_LOG_DECAY * torch.sigmoid(self.w0 + torch.tanh(xw @ self.w1) @ self.w2)
         k = self.key(xk)
         v = self.value(xv)
         if self.layer_id == 0:

@@ -1,5 +1,6 @@
 """The WKV-7 recurrence: the pure-PyTorch twin against a dense formulation, the compiled C++ (and, on a GPU, CUDA)
-kernels against the twin (forward, final state and every gradient), the RNN step, and the fallback to the twin."""
+kernels and the chunked matrix form against the twin (forward, final state and every gradient), the chunked form's
+range guard, the RNN step, and the fallback to the chunked form (or the twin)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,19 @@ import pytest
 import torch
 
 import pianomuse.kernels.build as kernel_build
+import pianomuse.kernels.wkv7 as wkv7_module
 from pianomuse.kernels.checks import TOLERANCE, outputs_and_grads, random_wkv7_inputs, relative_errors
-from pianomuse.kernels.wkv7 import wkv7, wkv7_compiled, wkv7_reference, wkv7_step
+from pianomuse.kernels.wkv7 import (
+    CHUNK,
+    MAX_CHUNK_LOG_DECAY,
+    MAX_LOG_DECAY,
+    chunk_fits,
+    wkv7,
+    wkv7_chunked,
+    wkv7_compiled,
+    wkv7_reference,
+    wkv7_step,
+)
 
 NAMES = ("r", "w", "k", "v", "a", "b")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -107,15 +119,64 @@ def test_step_composed_over_time_equals_wkv7(cpu_kernel):
     torch.testing.assert_close(step_state, state, rtol=1e-4, atol=1e-4)
 
 
-def test_fallback_to_reference_warns_once(kernel_build_fails):
-    inputs = random_wkv7_inputs(1, 5, 2, 8, seed=9)
+@pytest.mark.parametrize(
+    "batch, steps, heads, size, chunk",
+    [
+        (1, 1, 1, 64, 32),  # T < chunk
+        (2, 5, 3, 8, 32),  # T < chunk
+        (2, 32, 3, 64, 32),  # T = chunk
+        (2, 33, 3, 64, 32),  # one step into a second chunk
+        (3, 100, 2, 16, 32),  # T not a multiple of the chunk
+        (2, 70, 2, 64, 16),
+        (1, 130, 2, 64, 64),
+    ],
+)
+def test_chunked_form_matches_reference(batch, steps, heads, size, chunk):
+    inputs = random_wkv7_inputs(batch, steps, heads, size, seed=steps, max_log_decay=MAX_LOG_DECAY)
+    chunked = outputs_and_grads(lambda **kw: wkv7_chunked(**kw, chunk=chunk), inputs)
+    assert set(chunked) == {"y", "state_out", "dr", "dw", "dk", "dv", "da", "db", "dstate"}
+    errors = relative_errors(chunked, outputs_and_grads(wkv7_reference, inputs))
+    assert max(errors.values()) <= TOLERANCE[torch.float32], errors
+
+
+def test_chunked_form_without_initial_state():
+    inputs = random_wkv7_inputs(2, 45, 3, 32, seed=11, with_state=False, max_log_decay=MAX_LOG_DECAY)
+    assert_close_to_reference(wkv7_chunked, inputs, TOLERANCE[torch.float32])
+
+
+def test_chunked_form_is_deterministic():
+    inputs = random_wkv7_inputs(2, 50, 2, 64, seed=12, max_log_decay=MAX_LOG_DECAY)
+    first, second = (outputs_and_grads(wkv7_chunked, inputs) for _ in range(2))
+    assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_chunked_form_is_exact_up_to_its_range_limit_and_refuses_beyond(monkeypatch):
+    inputs = random_wkv7_inputs(2, 64, 2, 64, seed=13)
+    # Most channels decay at the limit: each chunk's cumulative log decay reaches -MAX_CHUNK_LOG_DECAY.
+    limit = -(MAX_CHUNK_LOG_DECAY / CHUNK) * torch.rand(inputs["w"].shape).clamp_min(0.9)
+    assert chunk_fits(limit) and not chunk_fits(limit * 1.01)
+    assert_close_to_reference(wkv7_chunked, {**inputs, "w": limit}, TOLERANCE[torch.float32])
+    with pytest.raises(ValueError, match="exceeds"):
+        wkv7_chunked(**{**inputs, "w": limit * 2})
+    # The guard is needed: past exp's fp32 range (88.7) the factored form breaks down.
+    monkeypatch.setattr(wkv7_module, "MAX_CHUNK_LOG_DECAY", float("inf"))
+    y, _ = wkv7_chunked(**{**inputs, "w": limit * 2})
+    assert not torch.isfinite(y).all()
+
+
+def test_fallback_warns_once_and_runs_the_chunked_form_or_the_twin(kernel_build_fails):
+    inputs = random_wkv7_inputs(1, 40, 2, 8, seed=9, max_log_decay=MAX_LOG_DECAY)
+    wide = random_wkv7_inputs(1, 40, 2, 8, seed=9)  # decays beyond the chunked form's range
+    assert chunk_fits(inputs["w"]) and not chunk_fits(wide["w"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        results = [wkv7(**inputs) for _ in range(3)]
+        results = [wkv7(**inputs) for _ in range(2)] + [wkv7(**wide)]
     assert len(caught) == 1 and "no compiler here" in str(caught[0].message)
-    y_ref, state_ref = wkv7_reference(**inputs)
-    for y, state in results:
-        assert torch.equal(y, y_ref) and torch.equal(state, state_ref)
+    y_chunked, state_chunked = wkv7_chunked(**inputs)
+    for y, state in results[:2]:
+        assert torch.equal(y, y_chunked) and torch.equal(state, state_chunked)
+    y_ref, state_ref = wkv7_reference(**wide)
+    assert torch.equal(results[2][0], y_ref) and torch.equal(results[2][1], state_ref)
 
 
 @needs_cuda

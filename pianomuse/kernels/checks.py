@@ -21,10 +21,11 @@ TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 5e-3}
 
 def random_wkv7_inputs(
     batch: int, steps: int, heads: int, size: int, *, device: str = "cpu", dtype: torch.dtype = torch.float32,
-    seed: int = 0, with_state: bool = True,
+    seed: int = 0, with_state: bool = True, max_log_decay: float | None = None,
 ) -> dict[str, torch.Tensor | None]:  # fmt: skip
     """RWKV-7-like inputs that keep the state bounded: decay exp(w) in (0, 1), a = -kk and b = kk * iclr with kk
-    L2-normalised per head and iclr in (0, 1). Returns a dict of r, w, k, v, a, b (dtype) and state (fp32 or None)."""
+    L2-normalised per head and iclr in (0, 1). Returns a dict of r, w, k, v, a, b (dtype) and state (fp32 or None).
+    -w lies in [0.01, 5], or, given `max_log_decay`, in (0, max_log_decay) as the model draws it (max * sigmoid)."""
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, steps, heads, size)
 
@@ -35,7 +36,9 @@ def random_wkv7_inputs(
     iclr = torch.rand(*shape, generator=generator)
     inputs = {
         "r": randn(*shape),
-        "w": -torch.exp(randn(*shape)).clamp(0.01, 5.0),
+        "w": -torch.exp(randn(*shape)).clamp(0.01, 5.0)
+        if max_log_decay is None
+        else -max_log_decay * torch.sigmoid(2 * randn(*shape)),
         "k": randn(*shape) * size**-0.5,
         "v": randn(*shape),
         "a": -kk,
