@@ -1,12 +1,16 @@
-"""Benchmark the WKV-7 recurrence: forward + backward of the compiled kernels against the pure-PyTorch twin.
+"""Benchmark the WKV-7 recurrence: forward + backward of the compiled kernels against the chunked form and the twin.
 
-CPU: the C++ kernel vs the twin, fp32. GPU (only when CUDA is available): our CUDA kernel vs fla's `chunk_rwkv7`
-(if flash-linear-attention is installed) vs the twin, bf16. Every timing is the best of --repeat runs after one
-untimed warm-up of the compiled kernels; the twin is never warmed up on the full shape (it is slow), so each of
-its --repeat runs is a full, honest run.
+CPU: the C++ kernel vs the chunked matrix form (`wkv7_chunked`, one column per --chunks length) vs the twin, fp32.
+GPU (only when CUDA is available): our CUDA kernel vs fla's `chunk_rwkv7` (if flash-linear-attention is installed)
+vs the twin, bf16. Inputs have RWKV-7's decay range (-w < MAX_LOG_DECAY). Every timing is the best of --repeat runs
+after one untimed warm-up of the compiled kernels and the chunked form; the twin is never warmed up on the full
+shape (it is slow), so each of its --repeat runs is a full, honest run.
 
     python bench/bench_wkv7.py                        # B=8 H=8 N=64, T=1024 and T=4096
     python bench/bench_wkv7.py --shapes 8x8x64x1024 --repeat 3
+    # the training shapes (demo: 4096 tokens, H=2; default: 16384 tokens, H=4), chunked form vs kernel, 1 thread:
+    OMP_NUM_THREADS=1 python bench/bench_wkv7.py --repeat 3 --twin-max-steps 0 \
+        --shapes 4x2x64x1024 2x2x64x2048 1x2x64x4096 16x4x64x1024 8x4x64x2048 4x4x64x4096
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import torch
 
 from pianomuse.kernels.build import load_kernel
 from pianomuse.kernels.checks import random_wkv7_inputs
-from pianomuse.kernels.wkv7 import wkv7_compiled, wkv7_reference
+from pianomuse.kernels.wkv7 import CHUNK, MAX_LOG_DECAY, wkv7_chunked, wkv7_compiled, wkv7_reference
 
 INPUT_NAMES = ("r", "w", "k", "v", "a", "b")
 
@@ -77,13 +81,23 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
         print("  ".join(cell.rjust(width) for cell, width in zip(row, widths)))
 
 
-def bench_device(device: str, dtype: torch.dtype, shapes, repeat: int, twin_max_steps: int | None) -> None:
+def implementations_for(device: str, chunks: list[int]) -> dict:
+    """name -> function with wkv7's signature: the compiled kernel first, the twin last."""
     kernel = load_kernel(device)
     implementations = {"kernel": lambda **kw: wkv7_compiled(kernel, **kw)}
+    if device == "cpu":
+        for chunk in chunks:
+            implementations[f"chunked{chunk}"] = lambda chunk=chunk, **kw: wkv7_chunked(**kw, chunk=chunk)
     if device == "cuda" and (fla := fla_function()) is not None:
         implementations["fla"] = fla
     implementations["twin"] = wkv7_reference
-    warmup = random_wkv7_inputs(1, 40, 1, shapes[0][2], device=device, dtype=dtype)
+    return implementations
+
+
+def bench_device(device: str, dtype: torch.dtype, shapes, repeat: int, twin_max_steps: int | None, chunks) -> None:
+    implementations = implementations_for(device, chunks)
+    others = [name for name in implementations if name != "kernel"]
+    warmup = random_wkv7_inputs(1, 40, 1, shapes[0][2], device=device, dtype=dtype, max_log_decay=MAX_LOG_DECAY)
     for name, fn in implementations.items():
         if name != "twin":
             time_forward_backward(fn, warmup, device, 1)
@@ -91,10 +105,10 @@ def bench_device(device: str, dtype: torch.dtype, shapes, repeat: int, twin_max_
     columns = ["B", "H", "N", "T"]
     for name in implementations:
         columns += [f"{name} fwd s", f"{name} fwd+bwd s"]
-    columns += ["twin/kernel fwd", "twin/kernel fwd+bwd"]
+    columns += [f"{name}/kernel {part}" for name in others for part in ("fwd", "fwd+bwd")]
     rows = []
     for batch, heads, size, steps in shapes:
-        inputs = random_wkv7_inputs(batch, steps, heads, size, device=device, dtype=dtype)
+        inputs = random_wkv7_inputs(batch, steps, heads, size, device=device, dtype=dtype, max_log_decay=MAX_LOG_DECAY)
         timings = {}
         for name, fn in implementations.items():
             if name == "twin" and twin_max_steps is not None and steps > twin_max_steps:
@@ -107,7 +121,8 @@ def bench_device(device: str, dtype: torch.dtype, shapes, repeat: int, twin_max_
         row = [str(batch), str(heads), str(size), str(steps)]
         for name in implementations:
             row += [f"{seconds:.3f}" for seconds in timings[name]] if name in timings else ["-", "-"]
-        row += [f"{timings['twin'][i] / timings['kernel'][i]:.1f}x" if "twin" in timings else "-" for i in (0, 1)]
+        for name in others:
+            row += [f"{timings[name][i] / timings['kernel'][i]:.2f}x" if name in timings else "-" for i in (0, 1)]
         rows.append(row)
     print_table(f"WKV-7 {device} {str(dtype).removeprefix('torch.')}, best of {repeat}", columns, rows)
 
@@ -120,15 +135,17 @@ def main(argv=None) -> None:
     parser.add_argument("--twin-max-steps", type=int, default=None,
                         help="skip the twin on shapes with more steps (it keeps every state for autograd: "
                         "about 4 MB per step at B=8 H=8 N=64)")  # fmt: skip
+    parser.add_argument("--chunks", nargs="+", type=int, default=[CHUNK],
+                        help=f"chunk lengths of the chunked form on the CPU (default: {CHUNK})")  # fmt: skip
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU section")
     args = parser.parse_args(argv)
     print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"{torch.get_num_threads()} torch threads")  # fmt: skip
     if not args.no_cpu:
-        bench_device("cpu", torch.float32, args.shapes, args.repeat, args.twin_max_steps)
+        bench_device("cpu", torch.float32, args.shapes, args.repeat, args.twin_max_steps, args.chunks)
     if torch.cuda.is_available():
         print(f"\nGPU: {torch.cuda.get_device_name()}")
-        bench_device("cuda", torch.bfloat16, args.shapes, args.repeat, args.twin_max_steps)
+        bench_device("cuda", torch.bfloat16, args.shapes, args.repeat, args.twin_max_steps, args.chunks)
     else:
         print("\nno CUDA device: GPU section skipped")
 

@@ -20,8 +20,8 @@ triangular inverse per chunk. Writing U = P S0^T + Q, only two [C, N] x [N, N] p
 everything else is batched matrix products over all chunks. The Gram matrices factor exp(W_t - W_s) as
 exp(W_t) * exp(-W_s), exact in fp32 while exp(-W) stays finite, so it refuses a `w` with chunk * max(-w) above
 `MAX_CHUNK_LOG_DECAY`; RWKV-7 bounds -w by `MAX_LOG_DECAY` (about 19 per chunk of 32).
-On one CPU thread it is 2-3x slower than the C++ kernel at the training shapes (README, "WKV-7 kernel"), so it
-serves as the fallback when that kernel cannot be built: 20-100x faster than the twin.
+On one CPU thread it is 1.5-2.4x slower than the C++ kernel (forward + backward) at the training shapes (README,
+"WKV-7 kernel"), so it is the fallback when that kernel cannot be built: 20-60x faster than the twin there.
 """
 
 from __future__ import annotations
@@ -214,8 +214,8 @@ def _warn_fallback_once(device_type: str, error: Exception) -> None:
         _fallback_warned = True
         warnings.warn(
             f"pianomuse: the compiled WKV-7 {device_type} kernel could not be built or loaded "
-            f"({type(error).__name__}: {error}); using the pure-PyTorch chunked form instead (2-3x slower; "
-            "the much slower twin for decays beyond its range).",
+            f"({type(error).__name__}: {error}); using pure PyTorch instead (the chunked matrix form where the "
+            "decays allow it, else the much slower twin).",
             RuntimeWarning,
             stacklevel=4,  # the caller of wkv7 / wkv7_step
         )
