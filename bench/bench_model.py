@@ -30,7 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pianomuse.config import load_config
-from pianomuse.flops import rwkv7_train_flops_per_token, transformer_train_flops_per_token
+from pianomuse.devices import synchronize
+from pianomuse.flops import matmul_peak, rwkv7_train_flops_per_token, transformer_train_flops_per_token
 from pianomuse.model import RWKV7, RWKV7Config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,11 +57,6 @@ class CausalTransformer(nn.Module):
         x = self.emb(idx) + self.pos(torch.arange(T, device=idx.device))
         mask = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device)
         return self.head(self.ln_out(self.layers(x, mask=mask, is_causal=True)))
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def train_step(model: nn.Module, idx: torch.Tensor) -> None:
@@ -94,28 +90,14 @@ def compare(models: list[nn.Module], idx: torch.Tensor, seconds: float, rounds: 
     return best
 
 
-def matmul_peak(device: torch.device, size: int, repeats: int) -> float:
-    """The best fp32 FLOP/s of a size x size x size torch.mm over `repeats` runs (after one warm-up)."""
-    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
-    best = float("inf")
-    for i in range(repeats + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        torch.mm(a, b)
-        synchronize(device)
-        if i:
-            best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
-
-
 def wkv7_op_in_use(model: RWKV7, device: torch.device) -> str:
-    """Which WKV-7 implementation the model runs: pianomuse.kernels.wkv7 warns when it falls back to the twin."""
+    """Which WKV-7 implementation the model runs: pianomuse.kernels.wkv7 warns when it falls back to pure PyTorch."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with torch.no_grad():
             model(torch.zeros(1, 4, dtype=torch.long, device=device))
-    fell_back = any("twin" in str(w.message) for w in caught)
-    return "pure-PyTorch twin (compiled kernel unavailable)" if fell_back else f"compiled {device.type} kernel"
+    fell_back = any("could not be built" in str(w.message) for w in caught)
+    return "pure PyTorch (compiled kernel unavailable)" if fell_back else f"compiled {device.type} kernel"
 
 
 def vocab_size(config: dict) -> int:

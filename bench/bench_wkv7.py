@@ -22,6 +22,7 @@ import time
 
 import torch
 
+from pianomuse.devices import synchronize
 from pianomuse.kernels.build import load_kernel
 from pianomuse.kernels.checks import random_wkv7_inputs
 from pianomuse.kernels.wkv7 import CHUNK, MAX_LOG_DECAY, wkv7_chunked, wkv7_compiled, wkv7_reference
@@ -33,11 +34,6 @@ def parse_shape(text: str) -> tuple[int, int, int, int]:
     """'BxHxNxT' -> (B, H, N, T)."""
     batch, heads, size, steps = (int(part) for part in text.lower().split("x"))
     return batch, heads, size, steps
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_forward_backward(fn, inputs: dict, device: str, repeat: int) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Training-step FLOPs per token, counted from a model's shapes (for MFU: achieved FLOP/s over the matmul peak).
+"""Training-step FLOPs per token, counted from a model's shapes, and the machine's matrix-multiply peak: together
+they give MFU, the achieved FLOP/s over that peak.
 
 Conventions: a multiply-add is 2 FLOPs; a training step (forward + backward) costs 3x its forward (the backward of a
 product computes two products of the same size). Only products are counted (matrix products, the WKV-7 recurrence's
@@ -9,10 +10,13 @@ through the head (1.0 when the loss scores every token of a window).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import time
 
-if TYPE_CHECKING:
-    from pianomuse.model import RWKV7Config
+import torch
+
+from pianomuse.devices import synchronize
+from pianomuse.model import RWKV7Config
+from pianomuse.transformer import TransformerConfig
 
 TRAIN_MULTIPLIER = 3  # forward + backward (2x forward)
 
@@ -44,11 +48,7 @@ def rwkv7_forward_flops(
 
 def rwkv7_train_flops_per_token(config: RWKV7Config, scored_fraction: float = 1.0) -> float:
     """Training-step FLOPs per token of an `RWKV7Config`."""
-    lora = (config.decay_lora, config.iclr_lora, config.value_lora, config.gate_lora)
-    parts = rwkv7_forward_flops(
-        config.n_layer, config.n_embd, config.head_size, config.vocab_size, lora, scored_fraction
-    )
-    return TRAIN_MULTIPLIER * sum(parts.values())
+    return train_flops(config, 1, scored_fraction, ctx=0)
 
 
 def transformer_forward_flops(
@@ -73,3 +73,33 @@ def transformer_train_flops_per_token(
 ) -> float:
     parts = transformer_forward_flops(n_layer, d_model, d_ff, vocab_size, ctx, scored_fraction)
     return TRAIN_MULTIPLIER * sum(parts.values())
+
+
+def train_flops(config: RWKV7Config | TransformerConfig, tokens: float, scored: float, ctx: int) -> float:
+    """Training-step FLOPs of `tokens` real (unpadded) input tokens of which `scored` go through the head, in
+    windows padded to `ctx` (the Transformer's attention is counted at that length)."""
+    if isinstance(config, RWKV7Config):
+        lora = (config.decay_lora, config.iclr_lora, config.value_lora, config.gate_lora)
+        parts = rwkv7_forward_flops(config.n_layer, config.n_embd, config.head_size, config.vocab_size, lora)
+    else:
+        parts = transformer_forward_flops(config.n_layer, config.n_embd, config.mlp_hidden, config.vocab_size, ctx)
+    head = parts.pop("head")
+    return TRAIN_MULTIPLIER * (sum(parts.values()) * tokens + head * scored)
+
+
+def matmul_peak(
+    device: torch.device | str, size: int = 2048, repeats: int = 3, dtype: torch.dtype = torch.float32
+) -> float:
+    """The best FLOP/s of a size x size x size torch.mm over `repeats` runs (after one warm-up), on `device` in
+    `dtype`. The operands come from a private generator: measuring never moves torch's global random state."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.rand(size, size, generator=generator).to(device, dtype) for _ in range(2))
+    best = float("inf")
+    for i in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize(device)
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best

@@ -13,6 +13,7 @@ METRICS_COLUMNS = [
     "train_loss",
     "val_nll",
     "tokens_per_s",
+    "mfu",
     "padding_fraction",
     "grad_norm",
     "skipped_steps",
@@ -20,18 +21,22 @@ METRICS_COLUMNS = [
 
 
 class LogInterval:
-    """What the steps since the last log row did: the mean loss of the updates, tokens per second, padding."""
+    """What the steps since the last log row did: the mean loss of the updates, tokens per second, padding, and
+    MFU: the model FLOPs of the steps (of the real tokens, `pianomuse.flops`) per second over `peak_flops`, the
+    matrix-multiply FLOP/s of all the devices the run uses."""
 
-    def __init__(self):
-        self.loss, self.updates, self.tokens, self.padded = 0.0, 0, 0, 0
+    def __init__(self, peak_flops: float):
+        self.loss, self.updates, self.tokens, self.padded, self.flops = 0.0, 0, 0, 0, 0.0
+        self.peak_flops = peak_flops
         self.start = time.perf_counter()
 
-    def add(self, loss: float, updated: bool, real_tokens: int, padded_tokens: int) -> None:
+    def add(self, loss: float, updated: bool, real_tokens: int, padded_tokens: int, flops: float) -> None:
         if updated:
             self.loss += loss
             self.updates += 1
         self.tokens += real_tokens
         self.padded += padded_tokens
+        self.flops += flops
 
     def row(self, step: int, epoch: int, lr: float, val_nll: float | None, grad_norm: float, skipped: int) -> dict:
         """The metrics.csv row of this interval, ending at `step`."""
@@ -43,6 +48,7 @@ class LogInterval:
             "train_loss": f"{self.loss / self.updates:.6f}" if self.updates else "",
             "val_nll": "" if val_nll is None else f"{val_nll:.6f}",
             "tokens_per_s": f"{self.tokens / elapsed:.1f}",
+            "mfu": f"{self.flops / elapsed / self.peak_flops:.4g}",
             "padding_fraction": f"{1 - self.tokens / self.padded:.4f}",
             "grad_norm": f"{grad_norm:.6f}",
             "skipped_steps": skipped,
@@ -69,12 +75,12 @@ class MetricsLog:
 
 
 def log_line(row: dict, max_steps: int, seconds_per_step: float) -> str:
-    """One line of the training log for a metrics row: progress, loss, speed and the time left."""
+    """One line of the training log for a metrics row: progress, loss, speed (tokens/s and MFU), the time left."""
     eta = time.strftime("%H:%M:%S", time.gmtime(seconds_per_step * (max_steps - row["step"])))
     val = f"  val {row['val_nll']}" if row["val_nll"] else ""
     return (
         f"step {row['step']}/{max_steps}  loss {row['train_loss'] or '-'}{val}  lr {row['lr']}  "
-        f"{float(row['tokens_per_s']):,.0f} tok/s  ETA {eta}"
+        f"{float(row['tokens_per_s']):,.0f} tok/s  MFU {float(row['mfu']):.1%}  ETA {eta}"
     )
 
 

@@ -43,6 +43,7 @@ from pianomuse.batching import Batch, batch_loader, epoch_batches, pack_by_lengt
 from pianomuse.checkpoint import load_resume_point, restore_rng_states, save_resume_point, save_weights
 from pianomuse.devices import resolve_device
 from pianomuse.files import write_json
+from pianomuse.flops import matmul_peak, train_flops
 from pianomuse.logs import console
 from pianomuse.model import RWKV7Config
 from pianomuse.models import LEGACY_ARCH, arch_of, build_model, model_config as arch_config
@@ -269,9 +270,13 @@ class TrainingRun:
     ):
         self.settings, self.ranks, self.data, self.run_dir = settings, ranks, data, run_dir
         device = ranks.device
+        compute_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.autocast = partial(
-            torch.autocast, device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"
+            torch.autocast, device_type=device.type, dtype=compute_dtype, enabled=device.type == "cuda"
         )
+        # MFU's denominator: this device's matrix-multiply peak in the dtype the products run in, measured once
+        # (a 1024^3 product runs near the CPU's peak in ~0.03 s a thread; a GPU needs a larger one to fill it).
+        self.peak_flops = matmul_peak(device, 4096 if device.type == "cuda" else 1024, dtype=compute_dtype)
         self.model_config = model_config
         self.raw_model = self.model = build_model(model_config).to(device)
         self.optimizer, self.scheduler = make_optimizer(
@@ -327,7 +332,8 @@ class TrainingRun:
         self.metrics = MetricsLog(self.run_dir / "metrics.csv", self.position.step)
         print(
             f"model: {self.info['n_params'] / 1e6:.2f}M parameters, {self.data.max_steps} steps on "
-            f"{self.ranks.device} x{self.ranks.world_size} ({torch.get_num_threads()} CPU threads)",
+            f"{self.ranks.device} x{self.ranks.world_size} ({torch.get_num_threads()} CPU threads; matmul peak "
+            f"{self.peak_flops / 1e9:,.0f} GFLOP/s per device, the denominator of MFU)",
             file=sys.stderr,
         )
 
@@ -385,26 +391,34 @@ class TrainingRun:
         self.model.train()
         progress = tqdm(total=max_steps, initial=p.step, desc=f"train {self.run_dir.name}", unit="step", **self.bars)
         session_start, session_step = time.perf_counter(), p.step  # for the ETA: this process's pace
-        interval = LogInterval()
+        new_interval = partial(LogInterval, self.peak_flops * self.ranks.world_size)
+        interval = new_interval()
         while p.step < max_steps and (stop_at_step is None or p.step < stop_at_step):
             batches = data.epoch(p.epoch)
             for batch in data.train_loader(batches[p.batch_in_epoch :]):
                 batch = batch.to(self.ranks.device)
                 lr = self.optimizer.param_groups[0]["lr"]
                 loss, grad_norm, finite = self.step(batch, len(batches))
-                world_size = self.ranks.world_size
-                interval.add(loss, finite, batch.real_tokens * world_size, batch.inputs.numel() * world_size)
+                n = self.ranks.world_size  # ranks train batches of about this one's size
+                flops = train_flops(self.model_config, batch.real_tokens, len(batch.targets), batch.inputs.shape[1])
+                interval.add(loss, finite, batch.real_tokens * n, batch.inputs.numel() * n, flops * n)
                 progress.update(1)
                 last = p.step == max_steps
                 val_nll = self.validate_subset() if writer and (p.step % s.eval_every == 0 or last) else None
                 if writer and (p.step % s.log_every == 0 or val_nll is not None or last):
                     row = interval.row(p.step, p.epoch, lr, val_nll, grad_norm, p.skipped)
                     self.metrics.append(row)
-                    postfix = {"loss": row["train_loss"], "tok_s": row["tokens_per_s"], "val": row["val_nll"] or "-"}
+                    mfu = f"{float(row['mfu']):.1%}"
+                    postfix = {
+                        "loss": row["train_loss"],
+                        "tok_s": row["tokens_per_s"],
+                        "mfu": mfu,
+                        "val": row["val_nll"] or "-",
+                    }
                     progress.set_postfix(postfix, refresh=False)
                     pace = (time.perf_counter() - session_start) / (p.step - session_step)
                     tqdm.write(log_line(row, max_steps, pace), file=sys.stderr)
-                    interval = LogInterval()
+                    interval = new_interval()
                 if writer and (p.step % s.checkpoint_every == 0 or last):
                     self.checkpoint({"val_nll": val_nll, "best_val_nll": p.best_val})
                 if last or p.step == stop_at_step:

@@ -9,12 +9,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import pianomuse.model as model_module
 from pianomuse.flops import (
+    matmul_peak,
     rwkv7_forward_flops,
     rwkv7_train_flops_per_token,
+    train_flops,
     transformer_forward_flops,
     transformer_train_flops_per_token,
 )
 from pianomuse.model import RWKV7, RWKV7Config
+from pianomuse.transformer import TransformerConfig
 
 
 def counted_train_flops(model: nn.Module, idx: torch.Tensor) -> int:
@@ -85,3 +88,24 @@ def test_causal_attention_counts_the_unmasked_triangle():
     assert per_token * ctx == layers * 2 * 2 * d * attended  # QK^T and AV, one multiply-add per entry and channel
     longer = transformer_train_flops_per_token(layers, d, 4 * d, 5, 2 * ctx)
     assert longer - transformer_train_flops_per_token(layers, d, 4 * d, 5, ctx) == 3 * layers * 2 * d * ctx
+
+
+def test_a_batch_costs_its_tokens_through_the_body_and_its_scored_positions_through_the_head():
+    config = RWKV7Config(vocab_size=100, n_layer=2, n_embd=128, head_size=64)
+    lora = (config.decay_lora, config.iclr_lora, config.value_lora, config.gate_lora)
+    parts = rwkv7_forward_flops(2, 128, 64, 100, lora)
+    body = parts["linear"] + parts["lora"] + parts["wkv"]
+    assert train_flops(config, tokens=10, scored=4, ctx=7) == 3 * (10 * body + 4 * parts["head"])
+    assert train_flops(config, tokens=10, scored=10, ctx=7) == 10 * rwkv7_train_flops_per_token(config)
+    transformer = TransformerConfig(vocab_size=100, n_layer=2, n_embd=128, mlp_hidden=256)
+    at_ctx = transformer_forward_flops(2, 128, 256, 100, ctx=33)
+    expected = 3 * (10 * (at_ctx["linear"] + at_ctx["attention"]) + 4 * at_ctx["head"])
+    assert train_flops(transformer, tokens=10, scored=4, ctx=33) == expected
+
+
+def test_the_matmul_peak_is_a_rate_and_leaves_the_global_random_state_alone():
+    """Measuring at the start of training must not shift the seeded run's random numbers (bit-exact resume)."""
+    before = torch.random.get_rng_state()
+    peak = matmul_peak("cpu", 64, repeats=2)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert 0 < peak < float("inf")

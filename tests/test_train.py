@@ -7,6 +7,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,13 +23,16 @@ import torch.nn.functional as F
 import yaml
 from workflow_helpers import REPO, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
+import pianomuse.train as train_module
 from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
 from pianomuse.checkpoint import save_weights
 from pianomuse.config import load_config
+from pianomuse.flops import rwkv7_train_flops_per_token
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.optim import lr_factor, optimizer_groups
 from pianomuse.run_log import read_metrics
 from pianomuse.scoring import batch_nll
+from pianomuse.tokenizer import load_tokenizer
 from pianomuse.train import NonFiniteGuard, launch, train, train_step, windows_fingerprint
 
 TINY_MODEL = {"n_layer": 2, "n_embd": 64, "head_size": 64}
@@ -223,7 +227,7 @@ def run(config, data: Path, run_dir: Path, **kwargs) -> dict:
 
 
 def deterministic_columns(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "tokens_per_s"} for row in rows]
+    return [{k: v for k, v in row.items() if k not in ("tokens_per_s", "mfu")} for row in rows]
 
 
 def test_resumed_run_matches_an_uninterrupted_one_step_for_step(synthetic_data, tmp_path):
@@ -248,6 +252,30 @@ def test_resumed_run_matches_an_uninterrupted_one_step_for_step(synthetic_data, 
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     done = [json.loads((tmp_path / name / "done.json").read_text()) for name in ["straight", "resumed"]]
     assert done[0] == done[1]
+
+
+def test_each_log_row_has_the_mfu_of_its_tokens_per_second_over_the_measured_peak(
+    synthetic_data, tmp_path, monkeypatch
+):
+    config = run_config(max_steps=4)
+    per_token = rwkv7_train_flops_per_token(
+        RWKV7Config(vocab_size=len(load_tokenizer(synthetic_data / "tokenizer.json").vocab), **TINY_MODEL)
+    )
+    peaks = []
+
+    def fake_peak(device, size, dtype):
+        peaks.append((torch.device(device).type, dtype))
+        return per_token * 2e6  # MFU = tokens/s / 2e6: in (0, 1] for any speed a tiny model reaches on a CPU
+
+    monkeypatch.setattr(train_module, "matmul_peak", fake_peak)
+    run(config, synthetic_data, tmp_path)
+    assert peaks == [("cpu", torch.float32)]  # measured once, on the training device, in its dtype
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert len(rows) == 4
+    for row in rows:
+        # The window loss scores every real token, so each costs the per-token FLOPs of the whole model.
+        assert 0 < float(row["mfu"]) <= 1
+        assert float(row["mfu"]) == pytest.approx(float(row["tokens_per_s"]) / 2e6, rel=2e-3)
 
 
 def test_a_run_that_keeps_producing_nan_aborts_with_a_clear_message(synthetic_data, tmp_path):
@@ -335,6 +363,7 @@ def test_a_run_under_a_log_shows_progress_on_the_console_and_one_log_line_per_lo
     assert result.returncode == 0, log.read_text()
     console = result.stderr
     assert "train tiny" in console and "6/6" in console and "loss=" in console and "tok_s=" in console
+    assert "mfu=" in console and "GFLOP/s per device" in console
     assert "validation (subset)" in console and "validation:" in console  # the periodic and the final pass
     assert "validation NLL per completion token" in console
     text = log.read_text()
@@ -343,6 +372,7 @@ def test_a_run_under_a_log_shows_progress_on_the_console_and_one_log_line_per_lo
     # Log steps 2, 4, 6 and the evaluation at step 3, each one line with its loss, speed and time left.
     assert [line.split()[1] for line in steps] == ["2/6", "3/6", "4/6", "6/6"]
     assert all(" loss " in line and " tok/s " in line and " ETA " in line for line in steps)
+    assert all(re.search(r" MFU \d+\.\d% ", line) for line in steps)
     assert "val " in steps[1] and "validation NLL per completion token" in text
 
 
