@@ -1,4 +1,4 @@
-"""The WKV-7 recurrence of RWKV-7: compiled CPU/CUDA kernels with a pure-PyTorch twin.
+"""The WKV-7 recurrence of RWKV-7: compiled CPU/CUDA kernels, a chunked matrix form and a pure-PyTorch twin.
 
 Layout follows fla's `chunk_rwkv7` (head_first=False): r, w, k, v, a, b are [B, T, H, N], `w` is the log of the
 per-channel decay (w <= 0), and the state S[b, h, i, j] has i = value dim, j = key dim. Per step t and head:
@@ -41,7 +41,7 @@ _STATE_DTYPE = torch.float32
 # RWKV-7's bound on -w (model.py: w = -MAX_LOG_DECAY * sigmoid(.)): each channel forgets at most 45% per token.
 MAX_LOG_DECAY = math.exp(-0.5)
 
-# Device type -> loaded extension module, or None once loading failed (we then stay on the twin).
+# Device type -> loaded extension module, or None once loading failed (we then stay on pure PyTorch).
 _kernels: dict[str, object | None] = {}
 _fallback_warned = False
 
