@@ -466,7 +466,7 @@ def test_training_through_snakemake_on_real_maestro_survives_kill_9(tmp_path, ma
     snakemake(workdir, "--unlock")
     result = snakemake(workdir, "train", "--configfile", "overrides.yaml")
     log = (workdir / "results/logs/train/tiny.log").read_text()
-    assert "resuming" in log and "(2 CPU threads)" in log  # train.threads (8), lowered to --cores 2
+    assert "resuming" in log and "(2 CPU threads;" in log  # train.threads (8), lowered to --cores 2
     assert "training run tiny on" in result.stdout + result.stderr and "validation" in result.stderr
     for name in [
         "done.json",
