@@ -10,6 +10,10 @@ exactly the same tokens. MAESTRO is performed music: a figure played twice is al
 (timing and velocity drift), so without loops the model never sees that an exact repeat is worth copying
 (docs/experiments.md, E4). Loop rows keep the source's metadata; their piece_id is the source's plus
 `LOOP_MARK` and the span, e.g. `2004/piece#loop-12+2` (bars 12 and 13).
+
+A score-like row is an augmented row (a transposition or a loop) written out like a notated score: one velocity,
+onsets and durations on the sixteenth-note grid, no pedal. A composer's prompt, written in notation software, looks
+like this, and MAESTRO's performances never do (docs/experiments.md); its piece_id gets `SCORE_MARK`.
 """
 
 from __future__ import annotations
@@ -36,6 +40,8 @@ MAX_SHIFT = 12
 OUT_OF_RANGE = -1
 # Joins a loop row's piece_id to its span: `{source piece_id}#loop-{first bar}+{bars}`.
 LOOP_MARK = "#loop-"
+# Ends the piece_id of a score-like row.
+SCORE_MARK = "#score"
 
 
 def pitch_shift_table(tokenizer: REMI) -> np.ndarray:
@@ -75,9 +81,10 @@ def augment_shard(
     offsets: list[int],
     out_path: str | Path,
     loops: Loops | None = None,
+    score_like: ScoreLike | None = None,
 ) -> dict:
     """Write every transposition by `offsets` of the pieces of a token shard that stays in the pitch range, and
-    the `loops` rows (none when None).
+    the `loops` rows (none when None), each of them made score-like as `score_like` draws (none when None).
 
     The output has TOKEN_SHARD_SCHEMA, rows sorted by (piece_id, transpose); a row keeps its piece_id, metadata,
     bar_offsets and n_notes, with `transpose` set to the offset. The input must hold originals (transpose 0)
@@ -112,7 +119,10 @@ def augment_shard(
         )
         transposed.append(rows.filter(pa.array(fits)))
     looped = loop_rows(tokenizer, table, shard, loops, offsets) if loops else TOKEN_SHARD_SCHEMA.empty_table()
-    augmented = pa.concat_tables([*transposed, looped]).sort_by([("piece_id", "ascending"), ("transpose", "ascending")])
+    augmented = pa.concat_tables([*transposed, looped])
+    if score_like:
+        augmented = score_like_rows(augmented, ScoreGrid.of(tokenizer), score_like)
+    augmented = augmented.sort_by([("piece_id", "ascending"), ("transpose", "ascending")])
     write_parquet_atomic(augmented, out_path)
     return {
         "pieces": len(shard),
@@ -120,6 +130,7 @@ def augment_shard(
         "written": len(augmented),
         "skipped_per_offset": skipped,
         "loops": len(looped),
+        "score_like": int(pc.sum(pc.ends_with(augmented["piece_id"], SCORE_MARK)).as_py() or 0),
         "tokens": int(pc.sum(pc.list_value_length(augmented["ids"])).as_py() or 0),
         "seconds": round(time.perf_counter() - start, 3),
     }
@@ -198,3 +209,136 @@ def loop_rows(tokenizer: REMI, shift_table: np.ndarray, shard: pa.Table, loops: 
     for name, column in columns.items():
         picked = picked.set_column(picked.schema.get_field_index(name), name, column)
     return picked.cast(TOKEN_SHARD_SCHEMA)
+
+
+@dataclass(frozen=True)
+class ScoreLike:
+    """Which augmented rows become score-like: each one, independently, with probability `fraction`, drawn from
+    `seed` and the row's piece_id and transposition."""
+
+    fraction: float
+    seed: int
+
+    def __post_init__(self):
+        if not 0.0 <= self.fraction <= 1.0:
+            raise ValueError(f"score_like.fraction must be between 0 and 1, got {self.fraction}")
+
+
+@dataclass(frozen=True)
+class ScoreGrid:
+    """The vocabulary as score-like rows read it. Times are in positions, the tokenizer's finest step
+    (`per_quarter` to a quarter note); -1 marks an id of another kind."""
+
+    bar_id: int
+    per_quarter: int
+    position_id: np.ndarray  # position -> its Position id
+    position_of: np.ndarray  # id -> position
+    bar_length_of: np.ndarray  # TimeSig id -> positions in its bar (-1 for a signature not in quarter notes)
+    duration_id: np.ndarray  # duration in positions -> its Duration id
+    duration_of: np.ndarray  # id -> duration in positions
+    velocity_of: np.ndarray  # id -> velocity
+    is_tempo: np.ndarray
+    is_pitch: np.ndarray
+
+    @classmethod
+    def of(cls, tokenizer: REMI) -> ScoreGrid:
+        size, per_quarter = len(tokenizer.vocab), max(tokenizer.config.beat_res.values())
+        position_of, bar_length_of, duration_of, velocity_of = (np.full(size, -1, np.int64) for _ in range(4))
+        is_tempo, is_pitch = np.zeros(size, bool), np.zeros(size, bool)
+        for token, i in tokenizer.vocab.items():
+            kind, _, value = token.partition("_")
+            if kind == "Position":
+                position_of[i] = int(value)
+            elif kind == "TimeSig":
+                numerator, denominator = map(int, value.split("/"))
+                bar_length_of[i] = numerator * per_quarter if denominator == 4 else -1
+            elif kind == "Duration":  # beats.ticks.ticks-per-beat
+                beats, ticks, resolution = map(int, value.split("."))
+                duration_of[i] = beats * per_quarter + ticks * per_quarter // resolution
+            elif kind == "Velocity":
+                velocity_of[i] = int(value)
+            is_tempo[i], is_pitch[i] = kind == "Tempo", kind == "Pitch"
+        return cls(tokenizer.vocab["Bar_None"], per_quarter, inverse(position_of), position_of, bar_length_of,
+                   inverse(duration_of), duration_of, velocity_of, is_tempo, is_pitch)  # fmt: skip
+
+
+def inverse(value_of: np.ndarray) -> np.ndarray:
+    """value -> id for the ids with a value (>= 0) in `value_of`; -1 for values no id has."""
+    has = np.flatnonzero(value_of >= 0)
+    id_of = np.full(value_of.max() + 1, -1, np.int64)
+    id_of[value_of[has]] = has
+    return id_of
+
+
+def score_like_ids(ids: np.ndarray, grid: ScoreGrid) -> tuple[np.ndarray, np.ndarray]:
+    """A REMI row (it starts with a Bar) written like a score: (its ids, the indices of its Bar tokens).
+
+    Every note gets the row's median velocity (the lower middle one of an even count); its onset moves to the
+    nearest sixteenth note of its bar, half up (at most the bar's last sixteenth: no note changes bar); its
+    duration to the nearest multiple of a sixteenth, half up (one at least). Pedal tokens are dropped. Bars, time
+    signatures, tempos (where they were) and the order of the notes that end up sharing an onset stay, so the
+    result is what tokenizing the decoded score with the same change would give (tests/test_augment.py).
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    if len(ids) == 0 or ids[0] != grid.bar_id:
+        raise ValueError("a score-like row is made from a REMI row that starts with a Bar token")
+    sixteenth = grid.per_quarter // 4
+    bars = np.flatnonzero(ids == grid.bar_id)
+    bar_of = np.cumsum(ids == grid.bar_id) - 1
+    bar_length = grid.bar_length_of[ids[bars + 1]]  # the TimeSig after each Bar
+    if (bar_length < 0).any():
+        raise ValueError("score-like rows need time signatures in quarter notes (x/4)")
+    # The position each token is at: the last Position token in its bar (0 before the first).
+    last_position = np.maximum.accumulate(np.where(grid.position_of[ids] >= 0, np.arange(len(ids)), -1))
+    position = np.where(last_position > bars[bar_of], grid.position_of[ids[last_position]], 0)
+
+    pitch = np.flatnonzero(grid.is_pitch[ids])  # a Pitch token is followed by its Velocity and its Duration
+    tempo = np.flatnonzero(grid.is_tempo[ids])
+    last_sixteenth = (bar_length - 1) // sixteenth * sixteenth
+    onset = np.minimum(round_half_up(position[pitch], sixteenth), last_sixteenth[bar_of[pitch]])
+    duration = np.maximum(round_half_up(grid.duration_of[ids[pitch + 2]], sixteenth), sixteenth)
+    by_velocity = np.argsort(grid.velocity_of[ids[pitch + 1]], kind="stable")
+    velocity = ids[pitch[by_velocity[(len(pitch) - 1) // 2]] + 1] if len(pitch) else -1
+
+    # Every output token with its sort key (bar, position, kind, source index): the bar's header first, then at
+    # each position its Position token, its tempo, and its notes in their source order.
+    times = np.unique(np.concatenate([bar_of[pitch], bar_of[tempo]]) * (grid.position_id.size) +
+                      np.concatenate([onset, position[tempo]]))  # fmt: skip
+    time_bar, time_position = np.divmod(times, grid.position_id.size)
+    header = np.concatenate([bars, bars + 1])
+    note = np.concatenate([pitch, pitch + 1, pitch + 2])
+    tokens = np.concatenate([
+        ids[header], grid.position_id[time_position], ids[tempo],
+        ids[pitch], np.full(len(pitch), velocity), grid.duration_id[duration],
+    ])  # fmt: skip
+    key_bar = np.concatenate([bar_of[header], time_bar, bar_of[tempo], np.tile(bar_of[pitch], 3)])
+    key_position = np.concatenate([np.full(len(header), -1), time_position, position[tempo], np.tile(onset, 3)])
+    key_kind = np.concatenate([np.zeros(len(header) + len(times)), np.ones(len(tempo)), np.full(len(note), 2)])
+    key_index = np.concatenate([header, np.zeros(len(times), np.int64), tempo, note])
+    out = tokens[np.lexsort((key_index, key_kind, key_position, key_bar))].astype(np.uint16)
+    return out, np.flatnonzero(out == grid.bar_id).astype(np.uint32)
+
+
+def round_half_up(values: np.ndarray, step: int) -> np.ndarray:
+    return (values + step // 2) // step * step
+
+
+def score_like_rows(table: pa.Table, grid: ScoreGrid, score_like: ScoreLike) -> pa.Table:
+    """`table` (TOKEN_SHARD_SCHEMA) with the rows that `score_like` draws written like a score (score_like_ids),
+    their piece_id marked with SCORE_MARK; the others as they were."""
+    piece_ids, ids_column, bars_column = [], [], []
+    for piece_id, transpose, ids, bar_offsets in table_rows(table):
+        drawn = piece_rng(score_like.seed, f"{piece_id}@{transpose}").random() < score_like.fraction
+        if drawn:
+            ids, bar_offsets = score_like_ids(ids, grid)
+        piece_ids.append(piece_id + SCORE_MARK if drawn else piece_id)
+        ids_column.append(ids)
+        bars_column.append(bar_offsets)
+    columns = {
+        "piece_id": pa.array(piece_ids, pa.string()),
+        "ids": list_array(ids_column, pa.uint16()),
+        "bar_offsets": list_array(bars_column, pa.uint32()),
+    }
+    for name, column in columns.items():
+        table = table.set_column(table.schema.get_field_index(name), name, column)
+    return table

@@ -6,14 +6,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from midi_factory import make_piano_score, write_midi
+from midi_factory import bar_ticks, make_piano_score, write_midi
 from miditok.data_augmentation import augment_score
-from symusic import Score
+from symusic import ControlChange, Note, Score, Tempo, TimeSignature, Track
 
-from pianomuse.augment import LOOP_MARK, Loops, augment_shard, pitch_shift_table, transpose_ids
+from pianomuse.augment import (
+    LOOP_MARK,
+    SCORE_MARK,
+    Loops,
+    ScoreGrid,
+    ScoreLike,
+    augment_shard,
+    pitch_shift_table,
+    score_like_ids,
+    transpose_ids,
+)
 from pianomuse.files import write_parquet_atomic
 from pianomuse.maestro import read_metadata
-from pianomuse.remi import TempoMarkers, list_array, merge_piano_tracks, standalone_bars
+from pianomuse.remi import TempoMarkers, list_array, merge_piano_tracks, standalone_bars, tokenize_score
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.tokens import TOKEN_SHARD_SCHEMA, tokenize_piece
 
@@ -205,3 +215,109 @@ def test_loop_rows_repeat_one_span_of_the_piece_exactly(tokenizer, tokenizer_pat
 def test_loops_refuse_a_span_longer_than_the_loop():
     with pytest.raises(ValueError, match="cannot hold"):
         Loops(per_piece=1, span_bars=[8], length_bars=4, seed=0)
+
+
+def score_like_twin(tokenizer, ids: np.ndarray) -> np.ndarray:
+    """score_like_ids done on the score instead of the tokens: decode, change the notes, tokenize again."""
+    score = tokenizer.decode([ids.tolist()])
+    (signature,) = {(ts.numerator, ts.denominator) for ts in score.time_signatures}
+    track, sixteenth, bar = score.tracks[0], score.tpq // 4, bar_ticks(score.tpq, signature)
+    notes = track.notes.numpy()
+    if len(notes["time"]):
+        velocity = int(np.sort(notes["velocity"])[(len(notes["time"]) - 1) // 2])
+        bar_start = notes["time"] // bar * bar
+        onset = np.minimum((notes["time"] - bar_start + sixteenth // 2) // sixteenth * sixteenth, bar - sixteenth)
+        duration = np.maximum((notes["duration"] + sixteenth // 2) // sixteenth * sixteenth, sixteenth)
+        changed = zip(bar_start + onset, duration, notes["pitch"])
+        track.notes.clear()
+        track.notes.extend([Note(int(t), int(d), int(p), velocity) for t, d, p in changed])
+    track.pedals.clear()
+    return tokenize_score(tokenizer, score)[0]
+
+
+def off_grid_score(time_signature: tuple[int, int]) -> Score:
+    """Notes off the sixteenth grid: in a bar's last 32nd, a 64th long, two that round onto one onset in falling
+    pitch order, a pedal, and a second tempo off the grid."""
+    tpq, thirty_second = 480, 60
+    bar = bar_ticks(tpq, time_signature)
+    score = Score(tpq)
+    score.time_signatures.append(TimeSignature(0, *time_signature))
+    score.tempos.extend([Tempo(0, qpm=120.0), Tempo(bar + 3 * thirty_second, qpm=90.0)])
+    track = Track("piano", 0)
+    notes = [(0, 400, 60, 50), (thirty_second, 30, 64, 90), (bar - thirty_second, 100, 67, 70),
+             (bar + 5 * thirty_second, 200, 72, 40), (bar + 6 * thirty_second, 900, 55, 100),
+             (2 * bar + 7 * thirty_second, 2000, 48, 64), (2 * bar + 8 * thirty_second, 200, 62, 64)]  # fmt: skip
+    track.notes.extend([Note(*note) for note in notes])
+    track.controls.extend([ControlChange(thirty_second, 64, 127), ControlChange(bar, 64, 0)])  # a sustain pedal
+    score.tracks.append(track)
+    return score
+
+
+@pytest.mark.parametrize("time_signature", [(4, 4), (3, 4)])
+def test_score_like_ids_equal_the_score_written_on_the_grid(tokenizer, tmp_path, time_signature):
+    ids, _, _ = tokenize_piece(tokenizer, write_midi(off_grid_score(time_signature), tmp_path / "off-grid.midi"))
+    grid = ScoreGrid.of(tokenizer)
+
+    score_like, bars = score_like_ids(ids, grid)
+
+    assert score_like.tolist() == score_like_twin(tokenizer, ids).tolist()
+    tokens = tokens_of(tokenizer, score_like)
+    assert {t for t in tokens if t.startswith("Velocity_")} == {"Velocity_63"}  # the lower middle of 7 velocities
+    assert any(t.startswith("Pedal") for t in tokens_of(tokenizer, ids))
+    assert not any(t.startswith("Pedal") for t in tokens)
+    last = time_signature[0] * 8 - 1  # the bar's last 32nd (8 positions to a quarter) rounds to its last sixteenth
+    assert f"Position_{last}" in tokens_of(tokenizer, ids) and f"Position_{last - 1}" in tokens
+    assert sum(t.startswith("Tempo_") for t in tokens) == 2
+    assert bars.tolist() == np.flatnonzero(score_like == tokenizer.vocab["Bar_None"]).tolist()
+    assert score_like_ids(score_like, grid)[0].tolist() == score_like.tolist()  # already a score: unchanged
+
+
+def test_score_like_ids_equal_the_score_written_on_the_grid_on_maestro(tokenizer, maestro_dir):
+    grid = ScoreGrid.of(tokenizer)
+    for midi_path in read_metadata(maestro_dir)["midi_path"][:3]:
+        ids, bar_offsets, _ = tokenize_piece(tokenizer, midi_path)
+        ids = ids[: bar_offsets[24]]  # 24 bars: enough notes off the grid, quick to decode
+        score_like, _ = score_like_ids(ids, grid)
+        assert score_like.tolist() == score_like_twin(tokenizer, ids).tolist(), midi_path
+        assert len(score_like) < len(ids)  # pedals dropped, onsets merged
+
+
+def test_score_like_ids_refuse_other_rows(tokenizer, tmp_path):
+    grid = ScoreGrid.of(tokenizer)
+    ids, _, _ = tokenize_piece(tokenizer, write_midi(off_grid_score((6, 8)), tmp_path / "six-eight.midi"))
+    with pytest.raises(ValueError, match="quarter notes"):
+        score_like_ids(ids, grid)
+    with pytest.raises(ValueError, match="starts with a Bar"):
+        score_like_ids(ids[2:], grid)
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        ScoreLike(fraction=1.5, seed=0)
+
+
+def test_augment_shard_makes_the_drawn_rows_score_like(tokenizer, tokenizer_path, tmp_path):
+    scores = {f"2004/{name}": make_piano_score(bars=6, notes_per_bar=5, seed=seed) for seed, name in enumerate("abcd")}
+    shard = write_token_shard(tokenizer, scores, tmp_path / "shard.parquet")
+    loops = Loops(per_piece=2, span_bars=[1, 2], length_bars=6, seed=0)
+    augment_shard(tokenizer_path, shard, [1, 2], tmp_path / "plain.parquet", loops)
+    plain = pq.read_table(tmp_path / "plain.parquet").to_pandas()
+    grid = ScoreGrid.of(tokenizer)
+
+    stats = augment_shard(tokenizer_path, shard, [1, 2], tmp_path / "half.parquet", loops, ScoreLike(0.5, seed=0))
+
+    half = pq.read_table(tmp_path / "half.parquet").to_pandas()
+    marked = half["piece_id"].str.endswith(SCORE_MARK)
+    assert 0 < marked.sum() < len(half) and stats["score_like"] == marked.sum() and stats["written"] == len(plain)
+    source = plain.set_index(["piece_id", "transpose"])
+    for row in half.itertuples():
+        was = source.loc[(row.piece_id.removesuffix(SCORE_MARK), row.transpose)]
+        ids, bars = score_like_ids(was.ids, grid) if row.piece_id.endswith(SCORE_MARK) else (was.ids, was.bar_offsets)
+        assert row.ids.tolist() == ids.tolist() and row.bar_offsets.tolist() == bars.tolist()
+        assert row.n_notes == was.n_notes and row.title == was.title
+    # Drawn per row from the seed: the same rows again, other rows with another seed; 0 and 1 make none and all.
+    augment_shard(tokenizer_path, shard, [1, 2], tmp_path / "again.parquet", loops, ScoreLike(0.5, seed=0))
+    assert pq.read_table(tmp_path / "again.parquet").equals(pq.read_table(tmp_path / "half.parquet"))
+    other = augment_shard(tokenizer_path, shard, [1, 2], tmp_path / "other.parquet", loops, ScoreLike(0.5, seed=1))
+    assert pq.read_table(tmp_path / "other.parquet")["piece_id"].to_pylist() != half["piece_id"].tolist()
+    assert other["score_like"] > 0
+    none = augment_shard(tokenizer_path, shard, [1, 2], tmp_path / "none.parquet", loops, ScoreLike(0.0, seed=0))
+    every = augment_shard(tokenizer_path, shard, [1, 2], tmp_path / "all.parquet", loops, ScoreLike(1.0, seed=0))
+    assert none["score_like"] == 0 and every["score_like"] == len(plain)

@@ -79,6 +79,7 @@ rule augment:
     params:
         transpositions=config["augment"]["transpositions"],
         loops=config["augment"]["loops"],
+        score_like=config["augment"]["score_like"],
     script:
         "../scripts/augment.py"
 
