@@ -302,9 +302,9 @@ def score_like_ids(ids: np.ndarray, grid: ScoreGrid) -> tuple[np.ndarray, np.nda
 
     # Every output token with its sort key (bar, position, kind, source index): the bar's header first, then at
     # each position its Position token, its tempo, and its notes in their source order.
-    times = np.unique(np.concatenate([bar_of[pitch], bar_of[tempo]]) * (grid.position_id.size) +
-                      np.concatenate([onset, position[tempo]]))  # fmt: skip
-    time_bar, time_position = np.divmod(times, grid.position_id.size)
+    per_bar = grid.position_id.size  # a time as one number: bar * per_bar + position
+    times = np.unique(np.concatenate([bar_of[pitch] * per_bar + onset, bar_of[tempo] * per_bar + position[tempo]]))
+    time_bar, time_position = np.divmod(times, per_bar)
     header = np.concatenate([bars, bars + 1])
     note = np.concatenate([pitch, pitch + 1, pitch + 2])
     tokens = np.concatenate([
