@@ -10,7 +10,8 @@ Prints, per run, the mean NLL (nats) of bars 1..11 over the 25 figures, and per 
 With `--loops-from results/tokens/{hash}/validation` it measures the same on loop rows instead:
 one real bar of each held-out piece played 12 times (`augment.loop_rows`, the train split's loop rows made from
 validation pieces). A run that copies these but not the figures copies MAESTRO-like repeats only; one that copies
-neither has not learned to copy.
+neither has not learned to copy. `--score-like` writes those loop rows like a score first (`augment.score_like_ids`:
+one velocity, onsets and durations on the sixteenth grid, no pedal), as a composer's prompt would be.
 """
 
 import argparse
@@ -20,7 +21,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pianomuse.augment import Loops, loop_rows, pitch_shift_table
+from pianomuse.augment import Loops, ScoreGrid, loop_rows, pitch_shift_table, score_like_ids
 from pianomuse.complete import Completer
 from pianomuse.probe import probe_figures
 
@@ -38,14 +39,19 @@ def bar_nlls(completer: Completer, ids: list[int]) -> tuple[np.ndarray, np.ndarr
     return np.array([nll[bar == b].sum() for b in range(1, BARS)]), np.array([(bar == b).sum() for b in range(1, BARS)])
 
 
-def held_out_loops(completer: Completer, folder: str, count: int) -> list[list[int]]:
-    """One-bar loop rows of BARS bars, one from each piece of a split's token shards (untransposed), at most `count`."""
+def held_out_loops(completer: Completer, folder: str, count: int, score_like: bool) -> list[list[int]]:
+    """One-bar loop rows of BARS bars, one from each piece of a split's token shards (untransposed), at most `count`;
+    written like a score when `score_like`."""
     tokenizer = completer.tokenizer
     loops = Loops(per_piece=1, span_bars=[1], length_bars=BARS, seed=0)
     shards = sorted(path for path in Path(folder).glob("shard-*.parquet") if not path.name.endswith(".rejects.parquet"))
     shift = pitch_shift_table(tokenizer)
     tables = [loop_rows(tokenizer, shift, pq.read_table(shard), loops, offsets=[]) for shard in shards]
-    return [list(map(int, ids)) for table in tables for ids in table.column("ids").to_pylist()][:count]
+    rows = [np.asarray(ids) for table in tables for ids in table.column("ids").to_pylist()][:count]
+    if score_like:
+        grid = ScoreGrid.of(tokenizer)
+        rows = [score_like_ids(ids, grid)[0] for ids in rows]
+    return [list(map(int, ids)) for ids in rows]
 
 
 def main() -> None:
@@ -54,6 +60,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--loops-from", help="a split's token folder (results/tokens/{hash}/validation): its loop rows")
     parser.add_argument("--count", type=int, default=200, help="loop rows measured (with --loops-from)")
+    parser.add_argument("--score-like", action="store_true", help="write the loop rows like a score (--loops-from)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     figures = probe_figures()
@@ -61,7 +68,7 @@ def main() -> None:
         completer = Completer.load(run)
         completer.model.eval()
         if args.loops_from:
-            sequences = held_out_loops(completer, args.loops_from, args.count)
+            sequences = held_out_loops(completer, args.loops_from, args.count, args.score_like)
         else:
             sequences = [completer.prompt_ids(f.score(BARS), None) for f in figures]
         sums, counts = zip(*(bar_nlls(completer, ids) for ids in sequences))
