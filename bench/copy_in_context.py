@@ -11,7 +11,8 @@ With `--loops-from results/tokens/{hash}/validation` it measures the same on loo
 one real bar of each held-out piece played 12 times (`augment.loop_rows`, the train split's loop rows made from
 validation pieces). A run that copies these but not the figures copies MAESTRO-like repeats only; one that copies
 neither has not learned to copy. `--score-like` writes those loop rows like a score first (`augment.score_like_ids`:
-one velocity, onsets and durations on the sixteenth grid, no pedal), as a composer's prompt would be.
+one velocity, onsets and durations on the sixteenth grid, no pedal), as a composer's prompt would be, and
+`--tempo-once` states their tempo once, as a score does, instead of at every repeat (`Loops.restate_tempo`).
 """
 
 import argparse
@@ -39,11 +40,13 @@ def bar_nlls(completer: Completer, ids: list[int]) -> tuple[np.ndarray, np.ndarr
     return np.array([nll[bar == b].sum() for b in range(1, BARS)]), np.array([(bar == b).sum() for b in range(1, BARS)])
 
 
-def held_out_loops(completer: Completer, folder: str, count: int, score_like: bool) -> list[list[int]]:
+def held_out_loops(
+    completer: Completer, folder: str, count: int, score_like: bool, tempo_once: bool
+) -> list[list[int]]:
     """One-bar loop rows of BARS bars, one from each piece of a split's token shards (untransposed), at most `count`;
-    written like a score when `score_like`."""
+    written like a score when `score_like`, with the tempo stated once when `tempo_once`."""
     tokenizer = completer.tokenizer
-    loops = Loops(per_piece=1, span_bars=[1], length_bars=BARS, seed=0)
+    loops = Loops(per_piece=1, span_bars=[1], length_bars=BARS, seed=0, restate_tempo=not tempo_once)
     shards = sorted(path for path in Path(folder).glob("shard-*.parquet") if not path.name.endswith(".rejects.parquet"))
     shift = pitch_shift_table(tokenizer)
     tables = [loop_rows(tokenizer, shift, pq.read_table(shard), loops, offsets=[]) for shard in shards]
@@ -61,6 +64,7 @@ def main() -> None:
     parser.add_argument("--loops-from", help="a split's token folder (results/tokens/{hash}/validation): its loop rows")
     parser.add_argument("--count", type=int, default=200, help="loop rows measured (with --loops-from)")
     parser.add_argument("--score-like", action="store_true", help="write the loop rows like a score (--loops-from)")
+    parser.add_argument("--tempo-once", action="store_true", help="state the loop rows' tempo once (--loops-from)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     figures = probe_figures()
@@ -68,7 +72,7 @@ def main() -> None:
         completer = Completer.load(run)
         completer.model.eval()
         if args.loops_from:
-            sequences = held_out_loops(completer, args.loops_from, args.count, args.score_like)
+            sequences = held_out_loops(completer, args.loops_from, args.count, args.score_like, args.tempo_once)
         else:
             sequences = [completer.prompt_ids(f.score(BARS), None) for f in figures]
         sums, counts = zip(*(bar_nlls(completer, ids) for ids in sequences))

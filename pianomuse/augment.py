@@ -139,12 +139,18 @@ def augment_shard(
 @dataclass(frozen=True)
 class Loops:
     """How loop rows are made: `per_piece` rows from every original piece, each a span of one of `span_bars`
-    bars (uniformly) repeated to `length_bars` bars and transposed by 0 or one of the stage's transpositions."""
+    bars (uniformly) repeated to `length_bars` bars and transposed by 0 or one of the stage's transpositions.
+
+    `restate_tempo` starts every repeat with `Position_0, Tempo_t`, as the first loop rows did (the runs up to E11
+    trained on them). A score states its tempo once, and so do a composer's prompt and the probe's figures: a model
+    trained on restated tempos copies a loop only when that cue is there (docs/experiments.md). False states the
+    tempo once, at the row's start, unless the span itself changes tempo."""
 
     per_piece: int
     span_bars: list[int]
     length_bars: int
     seed: int
+    restate_tempo: bool = True
 
     def __post_init__(self):
         if self.per_piece < 0 or not self.span_bars or min(self.span_bars) < 1:
@@ -171,7 +177,9 @@ def loop_row(
         return None
     first = int(rng.choice(np.flatnonzero(full)))
     once = standalone_bars(ids, bar_offsets, tables["markers"], first, first + span)
-    looped = transpose_ids(np.tile(once, -(-loops.length_bars // span)), offset, tables["shift"])
+    again = once if loops.restate_tempo else without_restated_tempo(once, tables)
+    looped = np.concatenate([once, np.tile(again, -(-loops.length_bars // span) - 1)])
+    looped = transpose_ids(looped, offset, tables["shift"])
     if looped is None:
         return None
     bars = np.flatnonzero(looped == tables["bar_id"])
@@ -180,13 +188,26 @@ def loop_row(
     return looped, bars, first, span, offset
 
 
+def without_restated_tempo(once: np.ndarray, tables: dict) -> np.ndarray:
+    """A span that `standalone_bars` cut, as it follows itself in a score with one tempo: its header's restated
+    `Position_0, Tempo_t` dropped (Position_0 kept where notes or pedals start the bar). A span that changes tempo
+    inside is left as it is: each repeat has to state the tempo it starts at."""
+    header, body = once[:4], once[4:]
+    if tables["markers"].is_tempo[body].any():
+        return once
+    starts_on_the_beat = len(body) > 0 and not tables["is_position"][body[0]] and body[0] != tables["bar_id"]
+    return np.concatenate([header[:2], header[2:3] if starts_on_the_beat else header[:0], body])
+
+
 def loop_rows(tokenizer: REMI, shift_table: np.ndarray, shard: pa.Table, loops: Loops, offsets: list[int]) -> pa.Table:
     """The loop rows (TOKEN_SHARD_SCHEMA) of every piece of an original token shard, `loops.per_piece` draws each;
     `shift_table` is the tokenizer's `pitch_shift_table`."""
     is_pitch = np.zeros(len(tokenizer.vocab), dtype=bool)
     is_pitch[pitch_token_ids(tokenizer)] = True
+    is_position = np.zeros(len(tokenizer.vocab), dtype=bool)
+    is_position[[i for token, i in tokenizer.vocab.items() if token.startswith("Position_")]] = True
     tables = {"offsets": offsets, "markers": TempoMarkers.of(tokenizer), "shift": shift_table,
-              "bar_id": tokenizer.vocab["Bar_None"]}  # fmt: skip
+              "bar_id": tokenizer.vocab["Bar_None"], "is_position": is_position}  # fmt: skip
     rows, ids_column, bars_column = [], [], []
     for r, (piece_id, _, ids, bar_offsets) in enumerate(table_rows(shard)):
         rng = piece_rng(loops.seed, piece_id)

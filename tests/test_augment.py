@@ -212,6 +212,36 @@ def test_loop_rows_repeat_one_span_of_the_piece_exactly(tokenizer, tokenizer_pat
     assert other_ids != rows["piece_id"].tolist()
 
 
+def test_loop_rows_can_state_the_tempo_once_as_a_score_does(tokenizer, tokenizer_path, tmp_path):
+    offbeat = make_piano_score(bars=5, notes_per_bar=3, seed=4, tempo_qpm=90.0)
+    notes = [Note(n.time + 240, n.duration, n.pitch, n.velocity) for n in offbeat.tracks[0].notes]
+    offbeat.tracks[0].notes.clear()
+    offbeat.tracks[0].notes.extend(notes)  # every bar starts an eighth after its downbeat: no Position_0 but the first
+    scores = {"2004/a": make_piano_score(bars=6, notes_per_bar=4, seed=3), "2004/b": offbeat}
+    shard = write_token_shard(tokenizer, scores, tmp_path / "shard.parquet")
+    restated = Loops(per_piece=4, span_bars=[1, 2], length_bars=7, seed=0)
+    once = Loops(per_piece=4, span_bars=[1, 2], length_bars=7, seed=0, restate_tempo=False)
+    augment_shard(tokenizer_path, shard, [], tmp_path / "restated.parquet", restated)
+    augment_shard(tokenizer_path, shard, [], tmp_path / "once.parquet", once)
+
+    old, new = (pq.read_table(tmp_path / f"{name}.parquet").to_pandas() for name in ("restated", "once"))
+    assert old["piece_id"].tolist() == new["piece_id"].tolist()  # the same draws
+    for before, after in zip(old.itertuples(), new.itertuples()):
+        if LOOP_MARK not in before.piece_id:
+            continue
+        tempos = [t for t in tokens_of(tokenizer, before.ids) if t.startswith("Tempo_")]
+        bars = int(before.piece_id.rsplit("+", 1)[1])
+        assert len(tempos) == -(-7 // bars)  # one per repeat before, one in all now
+        assert [t for t in tokens_of(tokenizer, after.ids) if t.startswith("Tempo_")] == tempos[:1]
+        # What tokenizing the repeated score with its tempo stated once gives.
+        score = tokenizer.decode([before.ids.tolist()])
+        first_tempo = score.tempos[0]
+        score.tempos.clear()
+        score.tempos.append(first_tempo)
+        assert after.ids.tolist() == tokenize_score(tokenizer, score)[0].tolist(), before.piece_id
+        assert len(after.bar_offsets) == 7 and (after.ids[after.bar_offsets] == tokenizer.vocab["Bar_None"]).all()
+
+
 def test_loops_refuse_a_span_longer_than_the_loop():
     with pytest.raises(ValueError, match="cannot hold"):
         Loops(per_piece=1, span_bars=[8], length_bars=4, seed=0)
