@@ -182,7 +182,7 @@ def loop_row(
     looped = transpose_ids(looped, offset, tables["shift"])
     if looped is None:
         return None
-    bars = np.flatnonzero(looped == tables["bar_id"])
+    bars = np.flatnonzero(looped == tables["grid"].bar_id)
     if len(bars) > loops.length_bars:  # the last repeat cut to length
         looped, bars = looped[: bars[loops.length_bars]], bars[: loops.length_bars]
     return looped, bars, first, span, offset
@@ -195,19 +195,17 @@ def without_restated_tempo(once: np.ndarray, tables: dict) -> np.ndarray:
     header, body = once[:4], once[4:]
     if tables["markers"].is_tempo[body].any():
         return once
-    starts_on_the_beat = len(body) > 0 and not tables["is_position"][body[0]] and body[0] != tables["bar_id"]
+    grid = tables["grid"]
+    starts_on_the_beat = len(body) > 0 and grid.position_of[body[0]] < 0 and body[0] != grid.bar_id
     return np.concatenate([header[:2], header[2:3] if starts_on_the_beat else header[:0], body])
 
 
 def loop_rows(tokenizer: REMI, shift_table: np.ndarray, shard: pa.Table, loops: Loops, offsets: list[int]) -> pa.Table:
     """The loop rows (TOKEN_SHARD_SCHEMA) of every piece of an original token shard, `loops.per_piece` draws each;
     `shift_table` is the tokenizer's `pitch_shift_table`."""
-    is_pitch = np.zeros(len(tokenizer.vocab), dtype=bool)
-    is_pitch[pitch_token_ids(tokenizer)] = True
-    is_position = np.zeros(len(tokenizer.vocab), dtype=bool)
-    is_position[[i for token, i in tokenizer.vocab.items() if token.startswith("Position_")]] = True
-    tables = {"offsets": offsets, "markers": TempoMarkers.of(tokenizer), "shift": shift_table,
-              "bar_id": tokenizer.vocab["Bar_None"], "is_position": is_position}  # fmt: skip
+    grid = ScoreGrid.of(tokenizer)
+    is_pitch = grid.is_pitch
+    tables = {"offsets": offsets, "markers": TempoMarkers.of(tokenizer), "shift": shift_table, "grid": grid}
     rows, ids_column, bars_column = [], [], []
     for r, (piece_id, _, ids, bar_offsets) in enumerate(table_rows(shard)):
         rng = piece_rng(loops.seed, piece_id)
@@ -247,8 +245,8 @@ class ScoreLike:
 
 @dataclass(frozen=True)
 class ScoreGrid:
-    """The vocabulary as score-like rows read it. Times are in positions, the tokenizer's finest step
-    (`per_quarter` to a quarter note); -1 marks an id of another kind."""
+    """The vocabulary read by kind, as loop rows and score-like rows need it. Times are in positions, the
+    tokenizer's finest step (`per_quarter` to a quarter note); -1 marks an id of another kind."""
 
     bar_id: int
     per_quarter: int
@@ -265,7 +263,8 @@ class ScoreGrid:
     def of(cls, tokenizer: REMI) -> ScoreGrid:
         size, per_quarter = len(tokenizer.vocab), max(tokenizer.config.beat_res.values())
         position_of, bar_length_of, duration_of, velocity_of = (np.full(size, -1, np.int64) for _ in range(4))
-        is_tempo, is_pitch = np.zeros(size, bool), np.zeros(size, bool)
+        is_pitch = np.zeros(size, bool)
+        is_pitch[pitch_token_ids(tokenizer)] = True
         for token, i in tokenizer.vocab.items():
             kind, _, value = token.partition("_")
             if kind == "Position":
@@ -278,9 +277,9 @@ class ScoreGrid:
                 duration_of[i] = beats * per_quarter + ticks * per_quarter // resolution
             elif kind == "Velocity":
                 velocity_of[i] = int(value)
-            is_tempo[i], is_pitch[i] = kind == "Tempo", kind == "Pitch"
         return cls(tokenizer.vocab["Bar_None"], per_quarter, inverse(position_of), position_of, bar_length_of,
-                   inverse(duration_of), duration_of, velocity_of, is_tempo, is_pitch)  # fmt: skip
+                   inverse(duration_of), duration_of, velocity_of, TempoMarkers.of(tokenizer).is_tempo,
+                   is_pitch)  # fmt: skip
 
 
 def inverse(value_of: np.ndarray) -> np.ndarray:
