@@ -13,6 +13,8 @@ validation pieces). A run that copies these but not the figures copies MAESTRO-l
 neither has not learned to copy. `--score-like` writes those loop rows like a score first (`augment.score_like_ids`:
 one velocity, onsets and durations on the sixteenth grid, no pedal), as a composer's prompt would be, and
 `--tempo-once` states their tempo once, as a score does, instead of at every repeat (`Loops.restate_tempo`).
+`--lead-bars N` plays the N bars of the piece before the loop first (`Loops.lead_bars`): the loop then starts
+inside the window, and the NLLs are those of its plays (pieces with fewer bars before the loop are left out).
 """
 
 import argparse
@@ -22,35 +24,43 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from pianomuse.augment import Loops, ScoreGrid, loop_rows, pitch_shift_table, score_like_ids
+from pianomuse.augment import LEAD_MARK, Loops, ScoreGrid, loop_rows, pitch_shift_table, score_like_ids
 from pianomuse.complete import Completer
 from pianomuse.probe import probe_figures
 
 BARS = 12
 
 
-def bar_nlls(completer: Completer, ids: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Summed NLL and token count of each whole bar after the first token (the last bar, unfinished, left out)."""
+def bar_nlls(completer: Completer, ids: list[int], lead: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Summed NLL and token count of bars 2..BARS of the figure after `lead` bars (the last one, unfinished, left
+    out)."""
     x = torch.tensor([ids])
     with torch.inference_mode():
         logits = completer.model(x)
     logits = logits[0] if isinstance(logits, tuple) else logits
     nll = -torch.log_softmax(logits[0, :-1].float(), -1).gather(1, x[0, 1:, None])[:, 0].numpy()
     bar = np.cumsum(np.array(ids[1:]) == completer.grammar.bar_id)  # bar 1 starts after the first Bar
-    return np.array([nll[bar == b].sum() for b in range(1, BARS)]), np.array([(bar == b).sum() for b in range(1, BARS)])
+    plays = range(lead + 1, lead + BARS)
+    return np.array([nll[bar == b].sum() for b in plays]), np.array([(bar == b).sum() for b in plays])
 
 
 def held_out_loops(
-    completer: Completer, folder: str, count: int, score_like: bool, tempo_once: bool
+    completer: Completer, folder: str, count: int, score_like: bool, tempo_once: bool, lead: int
 ) -> list[list[int]]:
-    """One-bar loop rows of BARS bars, one from each piece of a split's token shards (untransposed), at most `count`;
-    written like a score when `score_like`, with the tempo stated once when `tempo_once`."""
+    """One-bar loops played BARS times, one from each piece of a split's token shards (untransposed), at most
+    `count`, after the `lead` bars before them; written like a score when `score_like`, with the tempo stated once
+    when `tempo_once`."""
     tokenizer = completer.tokenizer
-    loops = Loops(per_piece=1, span_bars=[1], length_bars=BARS, seed=0, restate_tempo=not tempo_once)
+    loops = Loops(1, [1], lead + BARS, seed=0, restate_tempo=not tempo_once, lead_bars=[lead])
     shards = sorted(path for path in Path(folder).glob("shard-*.parquet") if not path.name.endswith(".rejects.parquet"))
     shift = pitch_shift_table(tokenizer)
     tables = [loop_rows(tokenizer, shift, pq.read_table(shard), loops, offsets=[]) for shard in shards]
-    rows = [np.asarray(ids) for table in tables for ids in table.column("ids").to_pylist()][:count]
+    rows = [
+        np.asarray(ids)
+        for table in tables
+        for ids, name in zip(table.column("ids").to_pylist(), table.column("piece_id").to_pylist())
+        if lead == 0 or name.endswith(f"{LEAD_MARK}{lead}")
+    ][:count]
     if score_like:
         grid = ScoreGrid.of(tokenizer)
         rows = [score_like_ids(ids, grid)[0] for ids in rows]
@@ -65,17 +75,22 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="loop rows measured (with --loops-from)")
     parser.add_argument("--score-like", action="store_true", help="write the loop rows like a score (--loops-from)")
     parser.add_argument("--tempo-once", action="store_true", help="state the loop rows' tempo once (--loops-from)")
+    parser.add_argument("--lead-bars", type=int, default=0, help="the piece's bars before the loop (--loops-from)")
     args = parser.parse_args()
+    if args.lead_bars and not args.loops_from:
+        parser.error("--lead-bars needs --loops-from: the probe's figures open their prompt")
     torch.set_num_threads(args.threads)
     figures = probe_figures()
     for run in args.runs:
         completer = Completer.load(run)
         completer.model.eval()
         if args.loops_from:
-            sequences = held_out_loops(completer, args.loops_from, args.count, args.score_like, args.tempo_once)
+            sequences = held_out_loops(
+                completer, args.loops_from, args.count, args.score_like, args.tempo_once, args.lead_bars
+            )
         else:
             sequences = [completer.prompt_ids(f.score(BARS), None) for f in figures]
-        sums, counts = zip(*(bar_nlls(completer, ids) for ids in sequences))
+        sums, counts = zip(*(bar_nlls(completer, ids, args.lead_bars) for ids in sequences))
         per_bar, per_token = np.mean(sums, axis=0), np.sum(sums, axis=0) / np.sum(counts, axis=0)
         print(f"{run}: NLL per bar, bars 1..{BARS - 1}: {' '.join(f'{v:.1f}' for v in per_bar)}")
         first, second, late = per_token[0], per_token[1], per_token[8:].mean()

@@ -9,7 +9,8 @@ A loop is a row made of a span of one piece's bars (1, 2 or 4 of them, say) play
 exactly the same tokens. MAESTRO is performed music: a figure played twice is almost never the same tokens twice
 (timing and velocity drift), so without loops the model never sees that an exact repeat is worth copying
 (docs/experiments.md, E4). Loop rows keep the source's metadata; their piece_id is the source's plus
-`LOOP_MARK` and the span, e.g. `2004/piece#loop-12+2` (bars 12 and 13).
+`LOOP_MARK` and the span, e.g. `2004/piece#loop-12+2` (bars 12 and 13). A loop row may open with the bars of the
+piece before its span, as played (`Loops.lead_bars`): `2004/piece#loop-12+2-lead-3` starts at bar 9.
 
 A score-like row is an augmented row (a transposition or a loop) written out like a notated score: one velocity,
 onsets and durations on the sixteenth-note grid, no pedal. A composer's prompt, written in notation software, looks
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +39,12 @@ from pianomuse.tokens import TOKEN_SHARD_SCHEMA
 MAX_SHIFT = 12
 # Marks, in the shift table, a Pitch token whose transposition leaves the tokenizer's pitch range.
 OUT_OF_RANGE = -1
-# Joins a loop row's piece_id to its span: `{source piece_id}#loop-{first bar}+{bars}`.
+# Joins a loop row's piece_id to its span: `{source piece_id}#loop-{first bar}+{bars}`, then `-lead-{bars}` when the
+# piece's own bars before the span open the row.
 LOOP_MARK = "#loop-"
+LEAD_MARK = "-lead-"
+# The stream, beside a piece's loop draws, that its leads are drawn from (piece_rng).
+LEAD_STREAM = 1
 # Ends the piece_id of a score-like row.
 SCORE_MARK = "#score"
 
@@ -144,31 +149,51 @@ class Loops:
     `restate_tempo` starts every repeat with `Position_0, Tempo_t`, as the first loop rows did (the runs up to E11
     trained on them). A score states its tempo once, and so do a composer's prompt and the probe's figures: a model
     trained on restated tempos copies a loop only when that cue is there (docs/experiments.md). False states the
-    tempo once, at the row's start, unless the span itself changes tempo."""
+    tempo once, at the row's start, unless the span itself changes tempo.
+
+    `lead_bars` are the piece's own bars played before the span, as many as drawn uniformly from the list (fewer
+    where the piece has fewer before the span), counted in `length_bars`. The default [0] opens every row with the
+    loop, as the runs up to E13 had: a model trained so copies a loop that opens its window, far less one that
+    starts later, as a composer's figure may (docs/experiments.md). The leads come from a generator of their own,
+    so the spans drawn do not change with them."""
 
     per_piece: int
     span_bars: list[int]
     length_bars: int
     seed: int
     restate_tempo: bool = True
+    lead_bars: list[int] = field(default_factory=lambda: [0])
 
     def __post_init__(self):
         if self.per_piece < 0 or not self.span_bars or min(self.span_bars) < 1:
             raise ValueError(f"loops need per_piece >= 0 and spans of at least 1 bar, got {self}")
-        if self.length_bars < max(self.span_bars):
-            raise ValueError(f"a loop of {self.length_bars} bars cannot hold a span of {max(self.span_bars)}")
+        if not self.lead_bars or min(self.lead_bars) < 0:
+            raise ValueError(f"loops need lead_bars of at least 0 bars, got {self}")
+        if self.length_bars < max(self.lead_bars) + max(self.span_bars):
+            raise ValueError(
+                f"a loop of {self.length_bars} bars cannot hold a span of {max(self.span_bars)} after "
+                f"{max(self.lead_bars)} lead bars"
+            )
 
 
-def piece_rng(seed: int, piece_id: str) -> np.random.Generator:
-    """A generator for one piece: its loops do not depend on which other pieces share its shard."""
-    return np.random.default_rng([seed, int.from_bytes(hashlib.sha1(piece_id.encode()).digest()[:8], "big")])
+def piece_rng(seed: int, piece_id: str, *stream: int) -> np.random.Generator:
+    """A generator for one piece (and `stream`, one more for each independent draw): its loops do not depend on
+    which other pieces share its shard."""
+    return np.random.default_rng([seed, int.from_bytes(hashlib.sha1(piece_id.encode()).digest()[:8], "big"), *stream])
 
 
 def loop_row(
-    ids: np.ndarray, bar_offsets: np.ndarray, has_note: np.ndarray, loops: Loops, rng: np.random.Generator, tables: dict
-) -> tuple[np.ndarray, np.ndarray, int, int, int] | None:
-    """One loop of a piece: (its ids, their bar offsets, first bar of the span, span bars, transposition), or None
-    when the piece has no span of bars that each hold a note, or the drawn transposition leaves the pitch range."""
+    ids: np.ndarray,
+    bar_offsets: np.ndarray,
+    has_note: np.ndarray,
+    loops: Loops,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    tables: dict,
+) -> tuple[np.ndarray, np.ndarray, int, int, int, int] | None:
+    """One loop of a piece: (its ids, their bar offsets, first bar of the span, span bars, lead bars,
+    transposition), or None when the piece has no span of bars that each hold a note, or the drawn transposition
+    leaves the pitch range. `rngs` draws the spans and the leads."""
+    rng, lead_rng = rngs
     span = int(rng.choice(loops.span_bars))
     # Spans whose bars all hold a note: a window of all-but-empty bars teaches nothing.
     full = np.convolve(has_note.astype(np.int64), np.ones(span, dtype=np.int64), "valid") == span
@@ -176,16 +201,19 @@ def loop_row(
     if not full.any():
         return None
     first = int(rng.choice(np.flatnonzero(full)))
+    lead = min(int(lead_rng.choice(loops.lead_bars)), first)
     once = standalone_bars(ids, bar_offsets, tables["markers"], first, first + span)
     again = once if loops.restate_tempo else without_restated_tempo(once, tables)
-    looped = np.concatenate([once, np.tile(again, -(-loops.length_bars // span) - 1)])
+    # The lead and the span's first play as the piece has them, then the repeats.
+    played = standalone_bars(ids, bar_offsets, tables["markers"], first - lead, first + span) if lead else once
+    looped = np.concatenate([played, np.tile(again, -(-(loops.length_bars - lead) // span) - 1)])
     looped = transpose_ids(looped, offset, tables["shift"])
     if looped is None:
         return None
     bars = np.flatnonzero(looped == tables["grid"].bar_id)
     if len(bars) > loops.length_bars:  # the last repeat cut to length
         looped, bars = looped[: bars[loops.length_bars]], bars[: loops.length_bars]
-    return looped, bars, first, span, offset
+    return looped, bars, first, span, lead, offset
 
 
 def without_restated_tempo(once: np.ndarray, tables: dict) -> np.ndarray:
@@ -208,13 +236,13 @@ def loop_rows(tokenizer: REMI, shift_table: np.ndarray, shard: pa.Table, loops: 
     tables = {"offsets": offsets, "markers": TempoMarkers.of(tokenizer), "shift": shift_table, "grid": grid}
     rows, ids_column, bars_column = [], [], []
     for r, (piece_id, _, ids, bar_offsets) in enumerate(table_rows(shard)):
-        rng = piece_rng(loops.seed, piece_id)
+        rngs = piece_rng(loops.seed, piece_id), piece_rng(loops.seed, piece_id, LEAD_STREAM)
         has_note = np.add.reduceat(is_pitch[ids], bar_offsets.astype(np.int64)) > 0 if len(bar_offsets) else np.zeros(0)
         for _ in range(loops.per_piece):
-            loop = loop_row(ids, bar_offsets, has_note, loops, rng, tables)
+            loop = loop_row(ids, bar_offsets, has_note, loops, rngs, tables)
             if loop is not None:
-                looped, bars, first, span, offset = loop
-                rows.append((r, f"{piece_id}{LOOP_MARK}{first}+{span}", offset))
+                looped, bars, first, span, lead, offset = loop
+                rows.append((r, f"{piece_id}{LOOP_MARK}{first}+{span}{f'{LEAD_MARK}{lead}' if lead else ''}", offset))
                 ids_column.append(looped)
                 bars_column.append(bars)
     picked = shard.take(pa.array([r for r, _, _ in rows], pa.int64()))

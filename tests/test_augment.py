@@ -11,6 +11,7 @@ from miditok.data_augmentation import augment_score
 from symusic import ControlChange, Note, Score, Tempo, TimeSignature, Track
 
 from pianomuse.augment import (
+    LEAD_MARK,
     LOOP_MARK,
     SCORE_MARK,
     Loops,
@@ -242,9 +243,57 @@ def test_loop_rows_can_state_the_tempo_once_as_a_score_does(tokenizer, tokenizer
         assert len(after.bar_offsets) == 7 and (after.ids[after.bar_offsets] == tokenizer.vocab["Bar_None"]).all()
 
 
+def test_loop_rows_can_start_after_bars_of_their_piece(tokenizer, tokenizer_path, tmp_path):
+    scores = {
+        "2004/a": make_piano_score(bars=12, notes_per_bar=4, seed=3),
+        "2004/b": make_piano_score(bars=6, notes_per_bar=3, seed=4, tempo_qpm=90.0),
+    }
+    shard = write_token_shard(tokenizer, scores, tmp_path / "shard.parquet")
+    opening = Loops(per_piece=12, span_bars=[1, 2], length_bars=8, seed=0, restate_tempo=False)
+    leading = Loops(per_piece=12, span_bars=[1, 2], length_bars=8, seed=0, restate_tempo=False, lead_bars=[0, 2, 5])
+    augment_shard(tokenizer_path, shard, [2], tmp_path / "opening.parquet", opening)
+    augment_shard(tokenizer_path, shard, [2], tmp_path / "leading.parquet", leading)
+
+    old, new = (pq.read_table(tmp_path / f"{name}.parquet").to_pandas() for name in ("opening", "leading"))
+    # The same spans and transpositions drawn: the leads come from a generator of their own.
+    drawn = sorted(zip(new["piece_id"].str.split(LEAD_MARK).str[0], new["transpose"]))
+    assert drawn == sorted(zip(old["piece_id"], old["transpose"]))
+    opening_row = {(row.piece_id, row.transpose): row for row in old.itertuples()}
+    original = pq.read_table(shard).to_pandas().set_index("piece_id")
+    table, markers = pitch_shift_table(tokenizer), TempoMarkers.of(tokenizer)
+    leads = set()
+    for after in new.itertuples():
+        before = opening_row[after.piece_id.split(LEAD_MARK)[0], after.transpose]
+        if LOOP_MARK not in after.piece_id:
+            continue
+        source_id, span = after.piece_id.split(LOOP_MARK)
+        first, bars = map(int, span.split(LEAD_MARK)[0].split("+"))
+        lead = int(span.split(LEAD_MARK)[1]) if LEAD_MARK in span else 0
+        leads.add(lead)
+        assert lead in (0, 2, 5) or lead == first < 5  # fewer where the piece has fewer bars before the span
+        assert len(after.bar_offsets) == 8 and (after.ids[after.bar_offsets] == tokenizer.vocab["Bar_None"]).all()
+        # The lead and the span's first play are the piece's own bars, as played.
+        source = original.loc[source_id]
+        source_ids = transpose_ids(np.asarray(source.ids, dtype=np.uint16), after.transpose, table)
+        played = standalone_bars(source_ids, np.asarray(source.bar_offsets), markers, first - lead, first + bars)
+        bounds = np.append(after.bar_offsets, len(after.ids))
+        assert (after.ids[: bounds[lead + bars]] == played).all(), after.piece_id
+        # Then the repeats, as they follow the first play in the row that opens with the loop.
+        opening_bounds = np.append(before.bar_offsets, len(before.ids))
+        repeats = before.ids[opening_bounds[bars] : opening_bounds[8 - lead]]
+        assert (after.ids[bounds[lead + bars] :] == repeats).all(), after.piece_id
+        # A score with its tempo stated once: tokenizing the row's own score gives the row back.
+        assert after.ids.tolist() == tokenize_score(tokenizer, tokenizer.decode([after.ids.tolist()]))[0].tolist()
+    assert {0, 2, 5} < leads  # and a lead cut short
+
+
 def test_loops_refuse_a_span_longer_than_the_loop():
     with pytest.raises(ValueError, match="cannot hold"):
         Loops(per_piece=1, span_bars=[8], length_bars=4, seed=0)
+    with pytest.raises(ValueError, match="cannot hold a span of 4 after 5 lead bars"):
+        Loops(per_piece=1, span_bars=[1, 4], length_bars=8, seed=0, lead_bars=[0, 5])
+    with pytest.raises(ValueError, match="lead_bars"):
+        Loops(per_piece=1, span_bars=[1], length_bars=8, seed=0, lead_bars=[-1])
 
 
 def score_like_twin(tokenizer, ids: np.ndarray) -> np.ndarray:
