@@ -4,6 +4,8 @@ The grammar is miditok's own table of which token type may follow which (`tokeni
 `tokens_errors` checks), made stricter where miditok's table allows what its encoder never writes:
 a TimeSig only right after a Bar, and nothing but a Position or the next Bar right after a TimeSig.
 On top of the types it tracks values, per stream:
+    the time signature stays the one in force where the stream was picked up (MAESTRO's MIDI states 4/4
+    throughout, so a model trained on it knows no meter: left free, it turns every 3/4 prompt into 4/4);
     positions strictly rise within a bar and stay below the bar's length (numerator x positions per beat);
     a pitch is not played twice at one position (miditok would drop the duplicate);
     special tokens (PAD, BOS, EOS) and token types outside the table (PitchDrum) never come out.
@@ -83,6 +85,7 @@ class GrammarState:
     last_type: torch.Tensor  # type index of the last token
     position: torch.Tensor  # current position in the bar, -1 right after a Bar
     bar_positions: torch.Tensor  # positions in the current bar (from its TimeSig)
+    time_signature: torch.Tensor  # the id of the TimeSig in force, -1 before any
     pitches_here: torch.Tensor  # [K, V] bool: Pitch ids already played at the current position
     bars: torch.Tensor  # Bar tokens seen
     tokens_in_bar: torch.Tensor  # tokens since the last Bar
@@ -97,6 +100,7 @@ class GrammarState:
             last_type=torch.tensor([tables.type_ids["Bar"]]),
             position=torch.tensor([-1]),
             bar_positions=torch.tensor([0]),
+            time_signature=torch.tensor([-1]),
             pitches_here=torch.zeros(1, vocab_size, dtype=torch.bool),
             bars=torch.tensor([1]),
             tokens_in_bar=torch.tensor([0]),
@@ -120,6 +124,9 @@ def allowed(tables: GrammarTables, state: GrammarState, max_tokens_per_bar: int)
     is_position = tables.position >= 0
     position_ok = (tables.position > state.position[:, None]) & (tables.position < state.bar_positions[:, None])
     mask &= ~is_position | position_ok
+    is_signature = tables.bar_positions >= 0
+    in_force = torch.arange(len(is_signature), device=is_signature.device) == state.time_signature[:, None]
+    mask &= ~is_signature | in_force | (state.time_signature[:, None] < 0)
     mask &= ~state.pitches_here
     over_budget = (state.tokens_in_bar >= max_tokens_per_bar) & mask[:, tables.bar_id]
     if over_budget.any():
@@ -138,6 +145,7 @@ def advance(tables: GrammarTables, state: GrammarState, ids: torch.Tensor) -> No
     state.position = torch.where(is_bar, -1, state.position)
     state.position = torch.where(is_position, tables.position[ids], state.position)
     state.bar_positions = torch.where(is_timesig, tables.bar_positions[ids], state.bar_positions)
+    state.time_signature = torch.where(is_timesig, ids, state.time_signature)
     state.pitches_here[is_bar | is_position] = False
     played = tables.is_pitch[ids]
     state.pitches_here[played.nonzero()[:, 0], ids[played]] = True

@@ -37,8 +37,11 @@ def prompt_midi(tmp_path_factory) -> Path:
 
 def check_samples(completer: Completer, prompt: list[int], continuations: list[list[int]], bars: int) -> None:
     tokenizer = completer.tokenizer
+    (signature, *_) = [tokenizer[i] for i in reversed(prompt) if tokenizer[i].startswith("TimeSig_")]
     for ids in continuations:
         assert tokenizer.tokens_errors(TokSequence(ids=prompt + ids)) == 0, [tokenizer[i] for i in ids]
+        # The prompt's meter kept: a model trained on MAESTRO (4/4 throughout) would turn every other one into 4/4.
+        assert {tokenizer[i] for i in ids if tokenizer[i].startswith("TimeSig_")} == {signature}
         assert sum(i == completer.grammar.bar_id for i in ids) == bars
         assert all(tokenizer[i].split("_")[0] not in {"PAD", "BOS", "EOS", "PitchDrum"} for i in ids)
 
