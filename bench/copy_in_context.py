@@ -15,6 +15,7 @@ one velocity, onsets and durations on the sixteenth grid, no pedal), as a compos
 `--tempo-once` states their tempo once, as a score does, instead of at every repeat (`Loops.restate_tempo`).
 `--lead-bars N` plays the N bars of the piece before the loop first (`Loops.lead_bars`): the loop then starts
 inside the window, and the NLLs are those of its plays (pieces with fewer bars before the loop are left out).
+`--three-four` cuts the loops to 3/4 (`Loops.three_four`: each bar keeps its first three beats).
 """
 
 import argparse
@@ -44,14 +45,10 @@ def bar_nlls(completer: Completer, ids: list[int], lead: int = 0) -> tuple[np.nd
     return np.array([nll[bar == b].sum() for b in plays]), np.array([(bar == b).sum() for b in plays])
 
 
-def held_out_loops(
-    completer: Completer, folder: str, count: int, score_like: bool, tempo_once: bool, lead: int
-) -> list[list[int]]:
-    """One-bar loops played BARS times, one from each piece of a split's token shards (untransposed), at most
-    `count`, after the `lead` bars before them; written like a score when `score_like`, with the tempo stated once
-    when `tempo_once`."""
+def held_out_loops(completer: Completer, folder: str, count: int, loops: Loops, score_like: bool) -> list[list[int]]:
+    """The rows `loops` makes of each piece of a split's token shards (untransposed), at most `count`, those with
+    their whole lead only; written like a score when `score_like`."""
     tokenizer = completer.tokenizer
-    loops = Loops(1, [1], lead + BARS, seed=0, restate_tempo=not tempo_once, lead_bars=[lead])
     shards = sorted(path for path in Path(folder).glob("shard-*.parquet") if not path.name.endswith(".rejects.parquet"))
     shift = pitch_shift_table(tokenizer)
     tables = [loop_rows(tokenizer, shift, pq.read_table(shard), loops, offsets=[]) for shard in shards]
@@ -59,7 +56,7 @@ def held_out_loops(
         np.asarray(ids)
         for table in tables
         for ids, name in zip(table.column("ids").to_pylist(), table.column("piece_id").to_pylist())
-        if lead == 0 or name.endswith(f"{LEAD_MARK}{lead}")
+        if loops.lead_bars == [0] or f"{LEAD_MARK}{loops.lead_bars[0]}" in name
     ][:count]
     if score_like:
         grid = ScoreGrid.of(tokenizer)
@@ -76,18 +73,19 @@ def main() -> None:
     parser.add_argument("--score-like", action="store_true", help="write the loop rows like a score (--loops-from)")
     parser.add_argument("--tempo-once", action="store_true", help="state the loop rows' tempo once (--loops-from)")
     parser.add_argument("--lead-bars", type=int, default=0, help="the piece's bars before the loop (--loops-from)")
+    parser.add_argument("--three-four", action="store_true", help="cut the loop rows to 3/4 (--loops-from)")
     args = parser.parse_args()
     if args.lead_bars and not args.loops_from:
         parser.error("--lead-bars needs --loops-from: the probe's figures open their prompt")
     torch.set_num_threads(args.threads)
     figures = probe_figures()
+    # One-bar loops played BARS times after the lead.
+    loops = Loops(1, [1], args.lead_bars + BARS, 0, not args.tempo_once, [args.lead_bars], float(args.three_four))
     for run in args.runs:
         completer = Completer.load(run)
         completer.model.eval()
         if args.loops_from:
-            sequences = held_out_loops(
-                completer, args.loops_from, args.count, args.score_like, args.tempo_once, args.lead_bars
-            )
+            sequences = held_out_loops(completer, args.loops_from, args.count, loops, args.score_like)
         else:
             sequences = [completer.prompt_ids(f.score(BARS), None) for f in figures]
         sums, counts = zip(*(bar_nlls(completer, ids, args.lead_bars) for ids in sequences))

@@ -43,8 +43,11 @@ OUT_OF_RANGE = -1
 # piece's own bars before the span open the row.
 LOOP_MARK = "#loop-"
 LEAD_MARK = "-lead-"
-# The stream, beside a piece's loop draws, that its leads are drawn from (piece_rng).
+# Ends the piece_id of a loop row cut to 3/4.
+THREE_FOUR_MARK = "-in-3/4"
+# The streams, beside a piece's loop draws, that its leads and its 3/4 rows are drawn from (piece_rng).
 LEAD_STREAM = 1
+METER_STREAM = 2
 # Ends the piece_id of a score-like row.
 SCORE_MARK = "#score"
 
@@ -155,7 +158,11 @@ class Loops:
     where the piece has fewer before the span), counted in `length_bars`. The default [0] opens every row with the
     loop, as the runs up to E13 had: a model trained so copies a loop that opens its window, far less one that
     starts later, as a composer's figure may (docs/experiments.md). The leads come from a generator of their own,
-    so the spans drawn do not change with them."""
+    so the spans drawn do not change with them.
+
+    `three_four` is the share of loop rows cut to 3/4 (`three_four_ids`), drawn from a third generator. MAESTRO's
+    MIDI is 4/4 throughout, so a model trained on it alone knows no other meter and, made to keep a 3/4 prompt's
+    meter, cannot continue it (docs/experiments.md)."""
 
     per_piece: int
     span_bars: list[int]
@@ -163,12 +170,15 @@ class Loops:
     seed: int
     restate_tempo: bool = True
     lead_bars: list[int] = field(default_factory=lambda: [0])
+    three_four: float = 0.0
 
     def __post_init__(self):
         if self.per_piece < 0 or not self.span_bars or min(self.span_bars) < 1:
             raise ValueError(f"loops need per_piece >= 0 and spans of at least 1 bar, got {self}")
         if not self.lead_bars or min(self.lead_bars) < 0:
             raise ValueError(f"loops need lead_bars of at least 0 bars, got {self}")
+        if not 0.0 <= self.three_four <= 1.0:
+            raise ValueError(f"loops.three_four must be between 0 and 1, got {self.three_four}")
         if self.length_bars < max(self.lead_bars) + max(self.span_bars):
             raise ValueError(
                 f"a loop of {self.length_bars} bars cannot hold a span of {max(self.span_bars)} after "
@@ -187,13 +197,14 @@ def loop_row(
     bar_offsets: np.ndarray,
     has_note: np.ndarray,
     loops: Loops,
-    rngs: tuple[np.random.Generator, np.random.Generator],
+    rngs: tuple[np.random.Generator, np.random.Generator, np.random.Generator],
     tables: dict,
-) -> tuple[np.ndarray, np.ndarray, int, int, int, int] | None:
+) -> tuple[np.ndarray, np.ndarray, int, int, int, int, bool] | None:
     """One loop of a piece: (its ids, their bar offsets, first bar of the span, span bars, lead bars,
-    transposition), or None when the piece has no span of bars that each hold a note, or the drawn transposition
-    leaves the pitch range. `rngs` draws the spans and the leads."""
-    rng, lead_rng = rngs
+    transposition, whether cut to 3/4), or None when the piece has no span of bars that each hold a note, the drawn
+    transposition leaves the pitch range, or a 3/4 row was drawn from bars not in 4/4. `rngs` draws the spans, the
+    leads and the 3/4 rows."""
+    rng, lead_rng, meter_rng = rngs
     span = int(rng.choice(loops.span_bars))
     # Spans whose bars all hold a note: a window of all-but-empty bars teaches nothing.
     full = np.convolve(has_note.astype(np.int64), np.ones(span, dtype=np.int64), "valid") == span
@@ -202,18 +213,40 @@ def loop_row(
         return None
     first = int(rng.choice(np.flatnonzero(full)))
     lead = min(int(lead_rng.choice(loops.lead_bars)), first)
+    three_four = bool(meter_rng.random() < loops.three_four)
     once = standalone_bars(ids, bar_offsets, tables["markers"], first, first + span)
     again = once if loops.restate_tempo else without_restated_tempo(once, tables)
     # The lead and the span's first play as the piece has them, then the repeats.
     played = standalone_bars(ids, bar_offsets, tables["markers"], first - lead, first + span) if lead else once
     looped = np.concatenate([played, np.tile(again, -(-(loops.length_bars - lead) // span) - 1)])
     looped = transpose_ids(looped, offset, tables["shift"])
+    if looped is not None and three_four:
+        looped = three_four_ids(looped, tables["grid"])
     if looped is None:
         return None
     bars = np.flatnonzero(looped == tables["grid"].bar_id)
     if len(bars) > loops.length_bars:  # the last repeat cut to length
         looped, bars = looped[: bars[loops.length_bars]], bars[: loops.length_bars]
-    return looped, bars, first, span, lead, offset
+    return looped, bars, first, span, lead, offset, three_four
+
+
+def three_four_ids(ids: np.ndarray, grid: ScoreGrid) -> np.ndarray | None:
+    """A REMI row of 4/4 bars cut to 3/4: every bar keeps its first three beats, the tokens at the positions before
+    the fourth (notes keep their durations), and says TimeSig_3/4; the notes, pedals and tempos of the fourth beat
+    are dropped. What tokenizing the score cut so would give (tests/test_augment.py). None when a bar is not 4/4."""
+    beat = grid.per_quarter
+    bars = np.flatnonzero(ids == grid.bar_id)
+    signatures = bars + 1  # a TimeSig follows every Bar
+    if signatures[-1] >= len(ids) or (grid.bar_length_of[ids[signatures]] != 4 * beat).any():
+        return None
+    # The position each token is at, carried forward from its Position; a bar's Bar and TimeSig are at -1.
+    starts = np.flatnonzero((grid.position_of[ids] >= 0) | (ids == grid.bar_id))
+    at = np.repeat(
+        np.where(ids[starts] == grid.bar_id, -1, grid.position_of[ids[starts]]), np.diff([*starts, len(ids)])
+    )
+    cut = ids.copy()
+    cut[signatures] = inverse(grid.bar_length_of)[3 * beat]
+    return cut[at < 3 * beat]
 
 
 def without_restated_tempo(once: np.ndarray, tables: dict) -> np.ndarray:
@@ -236,13 +269,14 @@ def loop_rows(tokenizer: REMI, shift_table: np.ndarray, shard: pa.Table, loops: 
     tables = {"offsets": offsets, "markers": TempoMarkers.of(tokenizer), "shift": shift_table, "grid": grid}
     rows, ids_column, bars_column = [], [], []
     for r, (piece_id, _, ids, bar_offsets) in enumerate(table_rows(shard)):
-        rngs = piece_rng(loops.seed, piece_id), piece_rng(loops.seed, piece_id, LEAD_STREAM)
+        rngs = tuple(piece_rng(loops.seed, piece_id, *stream) for stream in [(), (LEAD_STREAM,), (METER_STREAM,)])
         has_note = np.add.reduceat(is_pitch[ids], bar_offsets.astype(np.int64)) > 0 if len(bar_offsets) else np.zeros(0)
         for _ in range(loops.per_piece):
             loop = loop_row(ids, bar_offsets, has_note, loops, rngs, tables)
             if loop is not None:
-                looped, bars, first, span, lead, offset = loop
-                rows.append((r, f"{piece_id}{LOOP_MARK}{first}+{span}{f'{LEAD_MARK}{lead}' if lead else ''}", offset))
+                looped, bars, first, span, lead, offset, three_four = loop
+                name = f"{piece_id}{LOOP_MARK}{first}+{span}{f'{LEAD_MARK}{lead}' if lead else ''}"
+                rows.append((r, f"{name}{THREE_FOUR_MARK if three_four else ''}", offset))
                 ids_column.append(looped)
                 bars_column.append(bars)
     picked = shard.take(pa.array([r for r, _, _ in rows], pa.int64()))

@@ -8,18 +8,20 @@ import pyarrow.parquet as pq
 import pytest
 from midi_factory import bar_ticks, make_piano_score, write_midi
 from miditok.data_augmentation import augment_score
-from symusic import ControlChange, Note, Score, Tempo, TimeSignature, Track
+from symusic import ControlChange, Note, Pedal, Score, Tempo, TimeSignature, Track
 
 from pianomuse.augment import (
     LEAD_MARK,
     LOOP_MARK,
     SCORE_MARK,
+    THREE_FOUR_MARK,
     Loops,
     ScoreGrid,
     ScoreLike,
     augment_shard,
     pitch_shift_table,
     score_like_ids,
+    three_four_ids,
     transpose_ids,
 )
 from pianomuse.files import write_parquet_atomic
@@ -294,6 +296,79 @@ def test_loops_refuse_a_span_longer_than_the_loop():
         Loops(per_piece=1, span_bars=[1, 4], length_bars=8, seed=0, lead_bars=[0, 5])
     with pytest.raises(ValueError, match="lead_bars"):
         Loops(per_piece=1, span_bars=[1], length_bars=8, seed=0, lead_bars=[-1])
+
+
+def three_four_twin(tokenizer, ids: np.ndarray) -> np.ndarray:
+    """three_four_ids done on the score: decode, drop what starts in a bar's fourth beat, close the gaps, 3/4."""
+    score = tokenizer.decode([ids.tolist()])
+    beat = score.tpq
+
+    def kept(time: int) -> bool:
+        return time % (4 * beat) < 3 * beat
+
+    def moved(time: int) -> int:
+        return time // (4 * beat) * 3 * beat + time % (4 * beat)
+
+    track = score.tracks[0]
+    notes = [Note(moved(n.time), n.duration, n.pitch, n.velocity) for n in track.notes if kept(n.time)]
+    tempos = [Tempo(moved(t.time), qpm=t.qpm) for t in score.tempos if kept(t.time)]
+    assert all(kept(p.time) and kept(p.end) for p in track.pedals), "the twin moves pedals inside the first 3 beats"
+    pedals = [(moved(p.time), moved(p.end)) for p in track.pedals]
+    track.notes.clear()
+    track.notes.extend(notes)
+    track.pedals.clear()
+    track.pedals.extend([Pedal(start, end - start) for start, end in pedals])
+    score.tempos.clear()
+    score.tempos.extend(tempos)
+    score.time_signatures.clear()
+    score.time_signatures.append(TimeSignature(0, 3, 4))
+    return tokenize_score(tokenizer, score)[0]
+
+
+@pytest.mark.parametrize("notes_per_bar", [None, 4, 5])
+def test_three_four_ids_equal_the_score_cut_to_three_beats(tokenizer, tmp_path, notes_per_bar):
+    """On the off-grid score (None), on notes on every beat, and on notes across the beats."""
+    score = make_piano_score(bars=3, notes_per_bar=notes_per_bar, seed=7) if notes_per_bar else off_grid_score((4, 4))
+    name = f"{notes_per_bar}-to-a-bar"
+    ids, _, _ = tokenize_piece(tokenizer, write_midi(score, tmp_path / f"{name}.midi"))
+    grid = ScoreGrid.of(tokenizer)
+
+    cut = three_four_ids(ids, grid)
+
+    assert cut.tolist() == three_four_twin(tokenizer, ids).tolist()
+    tokens = tokens_of(tokenizer, cut)
+    assert {t for t in tokens if t.startswith("TimeSig_")} == {"TimeSig_3/4"}
+    assert tokens.count("Bar_None") == tokens_of(tokenizer, ids).count("Bar_None")
+    assert max(int(t.split("_")[1]) for t in tokens if t.startswith("Position_")) < 3 * grid.per_quarter
+    assert sum(t.startswith("Pitch_") for t in tokens) < sum(t.startswith("Pitch_") for t in tokens_of(tokenizer, ids))
+    assert three_four_ids(cut, grid) is None  # only 4/4 bars are cut
+
+
+def test_augment_shard_cuts_the_drawn_loop_rows_to_three_four(tokenizer, tokenizer_path, tmp_path):
+    scores = {"2004/a": make_piano_score(bars=6, notes_per_bar=5, seed=3), "2004/b": make_piano_score(5, 8, seed=4)}
+    shard = write_token_shard(tokenizer, scores, tmp_path / "shard.parquet")
+    grid = ScoreGrid.of(tokenizer)
+    rows = {}
+    for share in (0.0, 0.5, 1.0):
+        loops = Loops(per_piece=8, span_bars=[1, 2], length_bars=6, seed=0, restate_tempo=False, three_four=share)
+        augment_shard(tokenizer_path, shard, [1], tmp_path / f"{share}.parquet", loops)
+        rows[share] = pq.read_table(tmp_path / f"{share}.parquet").to_pandas()
+
+    plain = rows[0.0].set_index(["piece_id", "transpose"])
+    assert not rows[0.0]["piece_id"].str.contains(THREE_FOUR_MARK, regex=False).any()
+    assert rows[1.0]["piece_id"].str.contains(LOOP_MARK, regex=False).sum() == 16
+    for share in (0.5, 1.0):
+        marked = int(rows[share]["piece_id"].str.endswith(THREE_FOUR_MARK).sum())
+        assert marked == 16 if share == 1.0 else 0 < marked < 16
+        for row in rows[share].itertuples():
+            # The same draws: a row cut to 3/4 is the 4/4 row cut.
+            source = plain.loc[[(row.piece_id.removesuffix(THREE_FOUR_MARK), row.transpose)]].iloc[0]
+            expected = three_four_ids(source.ids, grid) if row.piece_id.endswith(THREE_FOUR_MARK) else source.ids
+            assert row.ids.tolist() == expected.tolist(), row.piece_id
+            assert row.bar_offsets.tolist() == np.flatnonzero(row.ids == grid.bar_id).tolist()
+            assert row.n_notes == sum(t.startswith("Pitch_") for t in tokens_of(tokenizer, row.ids))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Loops(per_piece=1, span_bars=[1], length_bars=4, seed=0, three_four=1.5)
 
 
 def score_like_twin(tokenizer, ids: np.ndarray) -> np.ndarray:
