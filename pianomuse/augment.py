@@ -10,7 +10,8 @@ exactly the same tokens. MAESTRO is performed music: a figure played twice is al
 (timing and velocity drift), so without loops the model never sees that an exact repeat is worth copying
 (docs/experiments.md, E4). Loop rows keep the source's metadata; their piece_id is the source's plus
 `LOOP_MARK` and the span, e.g. `2004/piece#loop-12+2` (bars 12 and 13). A loop row may open with the bars of the
-piece before its span, as played (`Loops.lead_bars`): `2004/piece#loop-12+2-lead-3` starts at bar 9.
+piece before its span, as played (`Loops.lead_bars`): `2004/piece#loop-12+2-lead-3` starts at bar 9. A loop row
+may be cut to 3/4 (`Loops.three_four`), its piece_id then ending in `THREE_FOUR_MARK`: MAESTRO has no other meter.
 
 A score-like row is an augmented row (a transposition or a loop) written out like a notated score: one velocity,
 onsets and durations on the sixteenth-note grid, no pedal. A composer's prompt, written in notation software, looks
@@ -156,9 +157,8 @@ class Loops:
 
     `lead_bars` are the piece's own bars played before the span, as many as drawn uniformly from the list (fewer
     where the piece has fewer before the span), counted in `length_bars`. The default [0] opens every row with the
-    loop, as the runs up to E13 had: a model trained so copies a loop that opens its window, far less one that
-    starts later, as a composer's figure may (docs/experiments.md). The leads come from a generator of their own,
-    so the spans drawn do not change with them.
+    loop, as in every run so far; a composer's figure may start later in the prompt (how much that costs is in
+    docs/experiments.md). The leads come from a generator of their own, so the spans drawn do not change with them.
 
     `three_four` is the share of loop rows cut to 3/4 (`three_four_ids`), drawn from a third generator. MAESTRO's
     MIDI is 4/4 throughout, so a model trained on it alone knows no other meter and, made to keep a 3/4 prompt's
