@@ -261,14 +261,15 @@ def test_the_command_line_wins_over_the_preset(tmp_path):
 
 def test_an_experiment_configfile_applies_over_the_chosen_preset(tmp_path):
     """experiments/*.yaml over the preset config.yaml chooses, or over another one chosen on the command line: the
-    experiment's loop rows and run name win over the preset's, its other settings stay."""
+    experiment's loop rows and run name win over the preset's, key by key, its other settings stay."""
     workdir = copy_workflow(tmp_path, preset=None)
     shipped = yaml.safe_load((workdir / "config.yaml").read_text())["preset"]
     experiment = str(REPO / "experiments/demo-loops.yaml")
     settings = yaml.safe_load(Path(experiment).read_text())
     for args, preset in [([], shipped), (["--config", "preset=cpu"], "cpu")]:
         resolved = load_config(workdir / "config.yaml", {**settings, "preset": preset})
-        assert resolved["augment"]["loops"] == settings["augment"]["loops"]
+        preset_loops = load_config(workdir / "config.yaml", {"preset": preset})["augment"]["loops"] or {}
+        assert resolved["augment"]["loops"] == {**preset_loops, **settings["augment"]["loops"]}
         assert resolved["model"] == load_config(workdir / "config.yaml", {"preset": preset})["model"]
         windows = windows_of(workdir, experiment, preset=preset)
         assert windows != windows_of(workdir, preset=preset)
