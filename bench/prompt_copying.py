@@ -52,9 +52,7 @@ def main() -> None:
             files += [(system.name, f) for system in sorted(prompt.iterdir()) if system.is_dir()
                       for f in sorted(system.glob("sample-*[0-9].mid"))]  # fmt: skip
             for system, path in files:
-                scores.setdefault(system, []).append(
-                    copying(path, windows["context_bars"], windows["completion_bars"])
-                )
+                scores.setdefault(system, []).append(copying(path, windows["context_bars"], windows["completion_bars"]))
         if not scores:
             raise SystemExit(f"{run}: no samples in {Path(args.results, 'eval', run, 'samples')}")
         for system, values in scores.items():

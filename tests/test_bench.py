@@ -4,7 +4,6 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-
 from midi_factory import make_piano_score, write_midi
 
 REPO = Path(__file__).resolve().parents[1]
