@@ -220,10 +220,10 @@ def test_unknown_preset_is_a_clear_error(tmp_path):
 def test_a_preset_file_that_does_not_validate_is_named(tmp_path):
     workdir = copy_workflow(tmp_path, preset="demo")
     demo = workdir / "presets/demo.yaml"
-    demo.write_text(demo.read_text().replace("  lr: 3.0e-3", "  learning_rate: 3.0e-3"))
+    demo.write_text(demo.read_text().replace("  warmup_steps: 15", "  warmup: 15"))
     result = snakemake(workdir, "--dry-run", "data", check=False)
     assert result.returncode != 0
-    assert "presets/demo.yaml: Additional properties are not allowed ('learning_rate' was unexpected) (at train)" in (
+    assert "presets/demo.yaml: Additional properties are not allowed ('warmup' was unexpected) (at train)" in (
         result.stdout + result.stderr
     )
 
