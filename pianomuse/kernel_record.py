@@ -18,7 +18,7 @@ import torch
 
 from pianomuse.decode_step import CompiledStep
 from pianomuse.kernels.build import EXTENSION_NAMES, load_kernel, staged_sources
-from pianomuse.kernels.checks import TOLERANCE, check_kernel, check_token_mix, relative_errors
+from pianomuse.kernels.checks import TOLERANCE, check_kernel, check_token_mix, check_wkv_keys, relative_errors
 from pianomuse.kernels.toolchain import compiler_version
 from pianomuse.model import RWKV7, RWKV7Config, state_repeat
 
@@ -71,15 +71,15 @@ def check_decode_step(kernel: ModuleType, batch: int = 3, steps: int = 16, seed:
 
 def build_kernels(build_dir: str | os.PathLike, verbose: bool = False) -> dict:
     """Builds the CPU kernel (and the CUDA one where a GPU is visible), checks each against the twins (the WKV-7
-    recurrence; on the CPU also the token-shift mixes and the whole decoding step), returns a record: what was built,
-    where, with which compiler, and the maximum errors of the checks."""
+    recurrence; on the CPU also the token-shift mixes, the key inputs and the whole decoding step), returns a
+    record: what was built, where, with which compiler, and the maximum errors of the checks."""
     device_types = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     kernels = []
     for device_type in device_types:
         module = load_kernel(device_type, build_dir, verbose=verbose)
         checks = [check_kernel(module, device_type, torch.float32)]
         if device_type == "cpu":
-            checks.extend([check_token_mix(module), check_decode_step(module)])
+            checks.extend([check_token_mix(module), check_wkv_keys(module), check_decode_step(module)])
         if device_type == "cuda":
             checks.append(check_kernel(module, device_type, torch.bfloat16))
         kernels.append(

@@ -22,13 +22,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx
 from torch.utils.checkpoint import checkpoint
 
 from pianomuse.kernels.token_mix import token_mix
 from pianomuse.kernels.wkv7 import MAX_LOG_DECAY, wkv7, wkv7_step
+from pianomuse.kernels.wkv_keys import wkv_keys
 
 
 def lora_dim(n_embd: int, factor: float) -> int:
@@ -176,15 +176,15 @@ class TimeMix(nn.Module):
         iclr = torch.sigmoid(self.a0 + (xa @ self.a1) @ self.a2)  # in-context learning rate
         g = torch.sigmoid(xg @ self.g1) @ self.g2
 
-        kk = F.normalize((k * self.k_k).view(B, T, H, N), dim=-1, p=2.0).view(B, T, C)
-        k = k * (1 + (iclr - 1) * self.k_a)
+        # a = -kk and b = kk * iclr (kk: the key times k_k, L2-normalised per head), and the key scaled by iclr
+        k, a, b = wkv_keys(k, iclr, self.k_k, self.k_a, N)
 
         def heads(
             t: torch.Tensor,
         ) -> torch.Tensor:  # [B, T, C] -> [B, T, H, N], in one dtype (under autocast w and iclr come out fp32)
             return t.reshape(B, T, H, N).to(r.dtype)
 
-        y, wkv_state = run_wkv(heads(r), heads(w), heads(k), heads(v), heads(-kk), heads(kk * iclr), wkv_state)
+        y, wkv_state = run_wkv(heads(r), heads(w), heads(k), heads(v), heads(a), heads(b), wkv_state)
 
         y = self.ln_x(y.reshape(B * T, C)).view(B, T, C)
         # The "bonus": the current token's own value, weighted by its receptance-key match (r_k per channel).

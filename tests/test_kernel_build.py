@@ -133,10 +133,12 @@ def test_build_kernels_writes_a_checked_record(tmp_path):
     assert saved["passed"] and saved["torch"] == build.torch.__version__
     cpu = saved["kernels"][0]
     assert cpu["name"] == "pianomuse_wkv7_cpu" and cpu["path"].endswith((".so", ".pyd")) and cpu["compiler"]
-    wkv7_check, mix_check, decode_check = cpu["checks"]
+    wkv7_check, mix_check, keys_check, decode_check = cpu["checks"]
     assert set(wkv7_check["max_relative_error"]) == {"y", "state_out", "dr", "dw", "dk", "dv", "da", "db", "dstate"}
     assert mix_check["kernel"] == "token_mix" and mix_check["passed"]
     assert set(mix_check["max_relative_error"]) == {f"out{m}" for m in range(6)} | {"dx", "dx_prev", "dmix"}
+    assert keys_check["kernel"] == "wkv_keys" and keys_check["passed"]
+    assert set(keys_check["max_relative_error"]) == {"out0", "out1", "out2", "dk", "diclr", "dk_k", "dk_a"}
     assert decode_check["kernel"] == "decode_step" and decode_check["passed"]
     assert set(decode_check["max_relative_error"]) == {"logits", "att_x", "wkv", "ffn_x"}
 

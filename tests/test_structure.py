@@ -21,7 +21,7 @@ PACKAGE = REPO / "pianomuse"
 LAYERS = {  # lowest first; module names without the leading "pianomuse."
     "helpers": "(package) audio batching config devices files logs metrics optim remi report run_log sampling "
     "scoring startup tokenizer",
-    "kernels": "kernels kernels.build kernels.checks kernels.token_mix kernels.toolchain kernels.wkv7",
+    "kernels": "kernels kernels.build kernels.checks kernels.token_mix kernels.toolchain kernels.wkv7 kernels.wkv_keys",
     "model": "model decode_step transformer ngram decoding models checkpoint flops",
     "stages": "maestro tokens augment windows kernel_record train complete evaluate probe",
     "front end": "cli studio",

@@ -34,7 +34,7 @@ except ImportError:  # Windows: cpp_extension's own lock file alone guards a bui
 
 CSRC = Path(__file__).resolve().parent / "csrc"  # package data: a wheel ships the sources it builds
 SOURCES = {  # in CSRC
-    "cpu": ["wkv7_cpu.cpp", "token_mix_cpu.cpp", "rwkv7_decode_cpu.cpp", "wkv7_cpu_binding.cpp"],
+    "cpu": ["wkv7_cpu.cpp", "token_mix_cpu.cpp", "wkv_keys_cpu.cpp", "rwkv7_decode_cpu.cpp", "wkv7_cpu_binding.cpp"],
     "cuda": ["wkv7_cuda.cu", "wkv7_cuda_binding.cpp"],
 }
 EXTENSION_NAMES = {"cpu": "pianomuse_wkv7_cpu", "cuda": "pianomuse_wkv7_cuda"}

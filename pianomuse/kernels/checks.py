@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from pianomuse.kernels.token_mix import token_mix_compiled, token_mix_reference
 from pianomuse.kernels.wkv7 import wkv7_compiled, wkv7_reference
+from pianomuse.kernels.wkv_keys import wkv_keys_compiled, wkv_keys_reference
 
 INPUT_NAMES = ("r", "w", "k", "v", "a", "b", "state")
 # Maximum error relative to the largest reference magnitude of each compared tensor.
@@ -90,6 +91,31 @@ def check_kernel(
     }
 
 
+def outputs_and_input_grads(
+    fn: Callable[..., tuple[torch.Tensor, ...]], inputs: dict[str, torch.Tensor], *args: object, seed: int = 1
+) -> dict[str, torch.Tensor]:
+    """The outputs of `fn(*inputs, *args)` and the gradients of its tensor inputs for a fixed random linear loss."""
+    leaves = {name: x.clone().requires_grad_(True) for name, x in inputs.items()}
+    outputs = fn(*leaves.values(), *args)
+    weights = torch.Generator().manual_seed(seed)
+    sum((out * torch.randn(out.shape, generator=weights)).sum() for out in outputs).backward()
+    results = {f"out{m}": out.detach() for m, out in enumerate(outputs)}
+    results.update({f"d{name}": leaf.grad for name, leaf in leaves.items()})
+    return results
+
+
+def float32_check(kernel_name: str, shape: dict, errors: dict[str, float]) -> dict:
+    tolerance = TOLERANCE[torch.float32]
+    return {
+        "kernel": kernel_name,
+        "dtype": "float32",
+        **shape,
+        "max_relative_error": errors,
+        "tolerance": tolerance,
+        "passed": all(error <= tolerance for error in errors.values()),
+    }
+
+
 def check_token_mix(
     kernel: ModuleType, shape: tuple[int, int, int] = (3, 70, 96), mixes: int = 6, seed: int = 0
 ) -> dict:
@@ -97,29 +123,33 @@ def check_token_mix(
     one random problem whose row blocks straddle sequences."""
     generator = torch.Generator().manual_seed(seed)
     batch, _, channels = shape
-    inputs = [
-        torch.randn(*shape, generator=generator),
-        torch.randn(batch, channels, generator=generator),
-        torch.rand(mixes, channels, generator=generator),
-    ]
-
-    def run(fn: Callable[..., tuple[torch.Tensor, ...]]) -> dict[str, torch.Tensor]:
-        leaves = [x.clone().requires_grad_(True) for x in inputs]
-        outputs = fn(*leaves)
-        weights = torch.Generator().manual_seed(seed + 1)
-        sum((out * torch.randn(out.shape, generator=weights)).sum() for out in outputs).backward()
-        results = {f"out{m}": out.detach() for m, out in enumerate(outputs)}
-        results.update({f"d{name}": leaf.grad for name, leaf in zip(("x", "x_prev", "mix"), leaves)})
-        return results
-
-    errors = relative_errors(run(lambda *a: token_mix_compiled(kernel, *a)), run(token_mix_reference))
-    tolerance = TOLERANCE[torch.float32]
-    return {
-        "kernel": "token_mix",
-        "dtype": "float32",
-        "shape_BTC": list(shape),
-        "mixes": mixes,
-        "max_relative_error": errors,
-        "tolerance": tolerance,
-        "passed": all(error <= tolerance for error in errors.values()),
+    inputs = {
+        "x": torch.randn(*shape, generator=generator),
+        "x_prev": torch.randn(batch, channels, generator=generator),
+        "mix": torch.rand(mixes, channels, generator=generator),
     }
+    ours = outputs_and_input_grads(lambda *a: token_mix_compiled(kernel, *a), inputs, seed=seed + 1)
+    errors = relative_errors(ours, outputs_and_input_grads(token_mix_reference, inputs, seed=seed + 1))
+    return float32_check("token_mix", {"shape_BTC": list(shape), "mixes": mixes}, errors)
+
+
+def random_wkv_keys_inputs(batch: int, steps: int, channels: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """k, iclr in (0, 1), and k_k, k_a [1, 1, C] as the model holds them."""
+    generator = torch.Generator().manual_seed(seed)
+    return {
+        "k": torch.randn(batch, steps, channels, generator=generator),
+        "iclr": torch.rand(batch, steps, channels, generator=generator),
+        "k_k": torch.randn(1, 1, channels, generator=generator),
+        "k_a": torch.randn(1, 1, channels, generator=generator),
+    }
+
+
+def check_wkv_keys(
+    kernel: ModuleType, shape: tuple[int, int, int] = (3, 50, 128), head_size: int = 64, seed: int = 0
+) -> dict:
+    """Compares the fused WKV-7 key inputs (k', a, b and the gradients of k, iclr, k_k and k_a) with the twin on one
+    random problem whose row blocks straddle sequences."""
+    inputs = random_wkv_keys_inputs(*shape, seed=seed)
+    ours = outputs_and_input_grads(lambda *a: wkv_keys_compiled(kernel, *a), inputs, head_size, seed=seed + 1)
+    errors = relative_errors(ours, outputs_and_input_grads(wkv_keys_reference, inputs, head_size, seed=seed + 1))
+    return float32_check("wkv_keys", {"shape_BTC": list(shape), "head_size": head_size}, errors)

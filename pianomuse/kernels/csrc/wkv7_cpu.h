@@ -49,6 +49,13 @@ std::vector<at::Tensor> wkv7_cpu_backward(at::Tensor r, at::Tensor w, at::Tensor
 std::vector<at::Tensor> token_mix_cpu_forward(at::Tensor x, c10::optional<at::Tensor> x_prev, at::Tensor mix);
 std::vector<at::Tensor> token_mix_cpu_backward(at::Tensor x, c10::optional<at::Tensor> x_prev, at::Tensor mix,
                                                const std::vector<at::Tensor>& grads);
+// The WKV-7 inputs from RWKV-7's key, fused (csrc/wkv_keys_cpu.cpp): k, iclr [B, T, C], k_k, k_a [C] -> k', a, b;
+// the backward takes the gradients of k', a and b and returns dk, diclr, dk_k, dk_a.
+std::vector<at::Tensor> wkv_keys_cpu_forward(at::Tensor k, at::Tensor iclr, at::Tensor k_k, at::Tensor k_a,
+                                             int64_t head_size);
+std::vector<at::Tensor> wkv_keys_cpu_backward(at::Tensor k, at::Tensor iclr, at::Tensor k_k, at::Tensor k_a,
+                                              int64_t head_size, at::Tensor grad_k_out, at::Tensor grad_a,
+                                              at::Tensor grad_b);
 // One RNN-mode step of a whole RWKV-7 model (csrc/rwkv7_decode_cpu.cpp): returns the logits and advances the
 // state (each block's att_x, wkv, ffn_x) in place.
 at::Tensor rwkv7_cpu_decode_step(at::Tensor idx, const std::vector<at::Tensor>& weights, std::vector<at::Tensor> state,
