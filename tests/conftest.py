@@ -11,6 +11,7 @@ import yaml
 
 from pianomuse.checkpoint import save_weights
 from pianomuse.kernel_record import perturbed_model
+from pianomuse.kernels.build import load_kernel
 from pianomuse.model import RWKV7Config
 from pianomuse.tokenizer import build_tokenizer, load_tokenizer, save_tokenizer, tokenizer_hash
 
@@ -24,6 +25,12 @@ def maestro_dir() -> Path:
     if not (path / "maestro-v3.0.0.csv").is_file():
         pytest.skip(f"MAESTRO v3.0.0 not found at {path} (no maestro-v3.0.0.csv there)")
     return path
+
+
+@pytest.fixture(scope="session")
+def cpu_kernel():
+    """The C++ kernel module, built once into the default cache (the same module the ops dispatch to)."""
+    return load_kernel("cpu")
 
 
 @pytest.fixture(scope="session")

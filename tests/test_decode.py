@@ -7,17 +7,11 @@ import warnings
 import pytest
 import torch
 
-import pianomuse.kernels.build as kernel_build
 from pianomuse.decode_step import LAYER_WEIGHTS, CompiledStep, decode_step_for
 from pianomuse.kernel_record import perturbed_model
 from pianomuse.model import RWKV7, RWKV7Config, state_repeat
 
 TOL = dict(rtol=1e-5, atol=1e-5)
-
-
-@pytest.fixture(scope="module")
-def cpu_kernel():
-    return kernel_build.load_kernel("cpu")
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,7 @@ import warnings
 import pytest
 import torch
 
-import pianomuse.kernels.build as kernel_build
 from pianomuse.kernels.token_mix import token_mix, token_mix_compiled, token_mix_reference
-
-
-@pytest.fixture(scope="session")
-def cpu_kernel():
-    return kernel_build.load_kernel("cpu")
 
 
 def random_inputs(batch, steps, channels, mixes, with_prev, seed=0):

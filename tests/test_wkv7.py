@@ -29,12 +29,6 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.fixture(scope="session")
-def cpu_kernel():
-    """The C++ kernel, built once into the default cache (the same module `wkv7` dispatches to)."""
-    return kernel_build.load_kernel("cpu")
-
-
-@pytest.fixture(scope="session")
 def cuda_kernel():
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU")

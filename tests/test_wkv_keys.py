@@ -9,15 +9,9 @@ import warnings
 import pytest
 import torch
 
-import pianomuse.kernels.build as kernel_build
 import pianomuse.model as model_module
 from pianomuse.kernels.checks import outputs_and_input_grads, random_wkv_keys_inputs
 from pianomuse.kernels.wkv_keys import wkv_keys, wkv_keys_compiled, wkv_keys_reference
-
-
-@pytest.fixture(scope="session")
-def cpu_kernel():
-    return kernel_build.load_kernel("cpu")
 
 
 def assert_all_close(ours: dict, twin: dict) -> None:

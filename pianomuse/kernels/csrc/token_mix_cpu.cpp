@@ -141,11 +141,7 @@ std::vector<at::Tensor> token_mix_cpu_backward(at::Tensor x, c10::optional<at::T
       backward_block(d, block, x.data_ptr<float>(), prev, mix.data_ptr<float>(), grad_ptrs.data(),
                      dx.data_ptr<float>(), dprev, dmix_blocks.data_ptr<float>() + block * d.mixes * d.channels);
   });
-  // Block sums in block order (a sequential sum over dim 0), whatever thread computed each block.
   auto dmix = at::zeros_like(mix);
-  float* total = dmix.data_ptr<float>();
-  const float* blocks = dmix_blocks.data_ptr<float>();
-  for (int64_t block = 0; block < d.blocks(); ++block)
-    for (int64_t i = 0; i < d.mixes * d.channels; ++i) total[i] += blocks[block * d.mixes * d.channels + i];
+  sum_blocks_in_order(dmix_blocks.data_ptr<float>(), d.blocks(), d.mixes * d.channels, dmix.data_ptr<float>());
   return {dx, dx_prev, dmix};
 }

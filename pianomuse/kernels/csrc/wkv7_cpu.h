@@ -25,6 +25,13 @@ inline float dot(const float* x, const float* y, int64_t n) {
   return sum;
 }
 
+// Adds per-block partial sums [count, width] into total [width] in block order: a parameter gradient summed this
+// way does not depend on which thread computed which block.
+inline void sum_blocks_in_order(const float* blocks, int64_t count, int64_t width, float* total) {
+  for (int64_t block = 0; block < count; ++block)
+    for (int64_t i = 0; i < width; ++i) total[i] += blocks[block * width + i];
+}
+
 // Advances the state by one step in place; stores S_{t-1} a into state_a (length N) and y into y (or skips it).
 inline void advance_state(float* state, const float* decay, const float* r, const float* k, const float* v,
                           const float* a, const float* b, int64_t n, float* state_a, float* y) {

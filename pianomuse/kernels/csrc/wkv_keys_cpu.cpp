@@ -138,11 +138,7 @@ std::vector<at::Tensor> wkv_keys_cpu_backward(at::Tensor k, at::Tensor iclr, at:
                      sums + d.channels);
     }
   });
-  // Block sums in block order (a sequential sum over dim 0), whatever thread computed each block.
   auto totals = at::zeros({2, d.channels}, k.options());
-  float* total = totals.data_ptr<float>();
-  const float* blocks = param_blocks.data_ptr<float>();
-  for (int64_t block = 0; block < d.blocks(); ++block)
-    for (int64_t i = 0; i < 2 * d.channels; ++i) total[i] += blocks[block * 2 * d.channels + i];
+  sum_blocks_in_order(param_blocks.data_ptr<float>(), d.blocks(), 2 * d.channels, totals.data_ptr<float>());
   return {dk, diclr, totals[0].reshape(k_k.sizes()).clone(), totals[1].reshape(k_a.sizes()).clone()};
 }
