@@ -35,7 +35,9 @@ def cpu_compiler_flags(windows: bool = sys.platform == "win32") -> tuple[list[st
         return ["/O2", "/openmp"], []
     if sys.platform == "darwin":  # macOS torch uses its native thread pool, no OpenMP needed
         return ["-O3"], []
-    return ["-O3", "-fopenmp"], ["-fopenmp"]
+    # Under -fPIC (a shared library) GCC's default semantic interposition made the WKV-7 loops 1.7-2.4x slower even
+    # in their AVX-512 build (wkv7_cpu.h, run_vectorised), in a standalone test.
+    return ["-O3", "-fopenmp", "-fno-semantic-interposition"], ["-fopenmp"]
 
 
 def check_cuda_toolkit(cuda_home: str | None, which: Callable[..., str | None] = shutil.which) -> str:

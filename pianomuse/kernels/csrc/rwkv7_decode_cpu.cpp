@@ -19,6 +19,27 @@ namespace {
 
 using at::Tensor;
 
+inline float dot(const float* x, const float* y, int64_t n) {
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < n; ++j) sum += x[j] * y[j];
+  return sum;
+}
+
+// One WKV-7 step on one head's state in the row layout (the rwkv package's, S[i][j], i = value dim), in place,
+// writing y. The training kernel (wkv7_cpu.cpp) holds its state transposed; one token at a time, rows do as well.
+inline void advance_state(float* state, const float* decay, const float* r, const float* k, const float* v,
+                          const float* a, const float* b, int64_t n, float* y) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* row = state + i * n;
+    const float sa = dot(row, a, n);
+    const float vi = v[i];
+#pragma omp simd
+    for (int64_t j = 0; j < n; ++j) row[j] = row[j] * decay[j] + sa * b[j] + vi * k[j];
+    y[i] = dot(row, r, n);
+  }
+}
+
 // The flat weight list that pianomuse/kernels/decode.py builds: the model-wide tensors, then each block's.
 // Slots a block does not have (ln0 after block 0; v0, v1, v2 in block 0) hold empty tensors.
 enum GlobalWeight { kEmb, kLnOutWeight, kLnOutBias, kHead, kGlobalWeights };
@@ -102,7 +123,7 @@ WKV7_VECTOR_CLONES void time_mix_head(const HeadInputs& in, const float* const* 
     k[j] = in.k[j] * (1.f + (in.iclr[j] - 1.f) * p[kKeyIclr][j]);
     bonus += in.r[j] * k[j] * p[kBonus][j];
   }
-  advance_state(state, in.decay, in.r, k, in.v, a, b, n, nullptr, y);
+  advance_state(state, in.decay, in.r, k, in.v, a, b, n, y);
   normalize_groups(y, y, 1, n, n, p[kLnXWeight], p[kLnXBias], ln_x_eps);
   for (int64_t j = 0; j < n; ++j) y[j] = (y[j] + bonus * in.v[j]) * in.g[j];
 }

@@ -28,12 +28,12 @@ struct Dims {
 };
 
 // The previous token's input row for row n (b = n / T, t = n % T), or nullptr for zeros.
-inline const float* previous_row(const Dims& d, const float* x, const float* x_prev, int64_t n) {
+WKV7_INLINE inline const float* previous_row(const Dims& d, const float* x, const float* x_prev, int64_t n) {
   if (n % d.steps) return x + (n - 1) * d.channels;
   return x_prev ? x_prev + (n / d.steps) * d.channels : nullptr;
 }
 
-WKV7_VECTOR_CLONES void forward_block(const Dims& d, int64_t block, const float* x, const float* x_prev,
+WKV7_INLINE inline void forward_block(const Dims& d, int64_t block, const float* x, const float* x_prev,
                                       const float* mix, float* const* out) {
   const int64_t C = d.channels;
   for (int64_t n = block * kRows; n < std::min(d.rows(), (block + 1) * kRows); ++n) {
@@ -53,7 +53,7 @@ WKV7_VECTOR_CLONES void forward_block(const Dims& d, int64_t block, const float*
 }
 
 // Adds sum_m g[m, n] * mix[m] into into[] (the part of row n's gradient that flows to the previous token).
-inline void to_previous(const Dims& d, const float* const* grad, const float* mix, int64_t n, float* into) {
+WKV7_INLINE inline void to_previous(const Dims& d, const float* const* grad, const float* mix, int64_t n, float* into) {
   const int64_t C = d.channels;
   for (int64_t m = 0; m < d.mixes; ++m) {
     const float *g = grad[m] + n * C, *mm = mix + m * C;
@@ -62,7 +62,7 @@ inline void to_previous(const Dims& d, const float* const* grad, const float* mi
   }
 }
 
-WKV7_VECTOR_CLONES void backward_block(const Dims& d, int64_t block, const float* x, const float* x_prev,
+WKV7_INLINE inline void backward_block(const Dims& d, int64_t block, const float* x, const float* x_prev,
                                        const float* mix, const float* const* grad, float* dx, float* dx_prev,
                                        float* dmix_block) {
   const int64_t C = d.channels;
@@ -114,8 +114,10 @@ std::vector<at::Tensor> token_mix_cpu_forward(at::Tensor x, c10::optional<at::Te
   }
   const float* prev = x_prev ? x_prev->data_ptr<float>() : nullptr;
   at::parallel_for(0, d.blocks(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block)
-      forward_block(d, block, x.data_ptr<float>(), prev, mix.data_ptr<float>(), out_ptrs.data());
+    run_vectorised([&]() WKV7_INLINE {
+      for (int64_t block = begin; block < end; ++block)
+        forward_block(d, block, x.data_ptr<float>(), prev, mix.data_ptr<float>(), out_ptrs.data());
+    });
   });
   return out;
 }
@@ -137,9 +139,11 @@ std::vector<at::Tensor> token_mix_cpu_backward(at::Tensor x, c10::optional<at::T
   const float* prev = x_prev ? x_prev->data_ptr<float>() : nullptr;
   float* dprev = x_prev ? dx_prev.data_ptr<float>() : nullptr;
   at::parallel_for(0, d.blocks(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block)
-      backward_block(d, block, x.data_ptr<float>(), prev, mix.data_ptr<float>(), grad_ptrs.data(),
-                     dx.data_ptr<float>(), dprev, dmix_blocks.data_ptr<float>() + block * d.mixes * d.channels);
+    run_vectorised([&]() WKV7_INLINE {
+      for (int64_t block = begin; block < end; ++block)
+        backward_block(d, block, x.data_ptr<float>(), prev, mix.data_ptr<float>(), grad_ptrs.data(),
+                       dx.data_ptr<float>(), dprev, dmix_blocks.data_ptr<float>() + block * d.mixes * d.channels);
+    });
   });
   auto dmix = at::zeros_like(mix);
   sum_blocks_in_order(dmix_blocks.data_ptr<float>(), d.blocks(), d.mixes * d.channels, dmix.data_ptr<float>());

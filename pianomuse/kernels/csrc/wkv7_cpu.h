@@ -1,4 +1,4 @@
-// Shared by the CPU kernels: the vectorised WKV-7 state update, and the functions the Python binding exposes.
+// Shared by the CPU kernels: vector clones, a block-order sum, and the functions the Python binding exposes.
 // Only ATen here: torch/extension.h (pybind11, autograd, nn) is for the binding file alone, as it is most of the
 // compile time (the CPU extension builds in ~30 s instead of ~90 s on 2 cores).
 
@@ -11,39 +11,51 @@
 // GCC (11 or later: the x86-64-v3/v4 names) builds AVX-512 and AVX2+FMA clones of each per-head loop beside the
 // baseline x86-64 one and picks at load time (AVX2 was about 2.5x faster than the baseline here; AVX-512 a little
 // faster again on the shared development machine), so one build stays portable across the machines that share a
-// kernel cache.
+// kernel cache. The decode step's loops use these clones.
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && !defined(_WIN32)
 #define WKV7_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define WKV7_VECTOR_CLONES
 #endif
 
-inline float dot(const float* x, const float* y, int64_t n) {
-  float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t j = 0; j < n; ++j) sum += x[j] * y[j];
-  return sum;
+// The training kernels' loops: `run_vectorised(body)` runs body() compiled for AVX-512 (x86-64-v4) or AVX2+FMA
+// (x86-64-v3) where this CPU has it, else for baseline x86-64, with one build. The body, a lambda marked
+// WKV7_INLINE, and the functions it calls (WKV7_INLINE too) are inlined into a function with that target. In a
+// standalone test with GCC 12 the WKV-7 loops ran 1.7-2.4x slower built as target_clones than this way (and as slowly
+// again without -fno-semantic-interposition under -fPIC: pianomuse/kernels/toolchain.py).
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12 && defined(__x86_64__) && !defined(_WIN32)
+#define WKV7_INLINE __attribute__((always_inline))
+template <typename Body>
+__attribute__((noinline, target("arch=x86-64-v4"))) void run_x86_64_v4(const Body& body) {
+  body();
 }
+template <typename Body>
+__attribute__((noinline, target("arch=x86-64-v3"))) void run_x86_64_v3(const Body& body) {
+  body();
+}
+template <typename Body>
+void run_vectorised(const Body& body) {
+  static const bool v4 = __builtin_cpu_supports("x86-64-v4"), v3 = __builtin_cpu_supports("x86-64-v3");
+  if (v4)
+    run_x86_64_v4(body);
+  else if (v3)
+    run_x86_64_v3(body);
+  else
+    body();
+}
+#else
+#define WKV7_INLINE
+template <typename Body>
+void run_vectorised(const Body& body) {
+  body();
+}
+#endif
 
 // Adds per-block partial sums [count, width] into total [width] in block order: a parameter gradient summed this
 // way does not depend on which thread computed which block.
 inline void sum_blocks_in_order(const float* blocks, int64_t count, int64_t width, float* total) {
   for (int64_t block = 0; block < count; ++block)
     for (int64_t i = 0; i < width; ++i) total[i] += blocks[block * width + i];
-}
-
-// Advances the state by one step in place; stores S_{t-1} a into state_a (length N) and y into y (or skips it).
-inline void advance_state(float* state, const float* decay, const float* r, const float* k, const float* v,
-                          const float* a, const float* b, int64_t n, float* state_a, float* y) {
-  for (int64_t i = 0; i < n; ++i) {
-    float* row = state + i * n;
-    const float sa = dot(row, a, n);
-    const float vi = v[i];
-#pragma omp simd
-    for (int64_t j = 0; j < n; ++j) row[j] = row[j] * decay[j] + sa * b[j] + vi * k[j];
-    if (state_a) state_a[i] = sa;
-    if (y) y[i] = dot(row, r, n);
-  }
 }
 
 std::vector<at::Tensor> wkv7_cpu_forward(at::Tensor r, at::Tensor w, at::Tensor k, at::Tensor v, at::Tensor a,

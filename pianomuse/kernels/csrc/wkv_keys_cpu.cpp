@@ -30,7 +30,7 @@ struct KeyDims {
 };
 
 // 1 / max(|u|, eps) of one head's u = k * k_k, and whether the norm was clamped.
-inline float inverse_norm(const float* k, const float* k_k, int64_t n, bool* clamped) {
+WKV7_INLINE inline float inverse_norm(const float* k, const float* k_k, int64_t n, bool* clamped) {
   float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
   for (int64_t j = 0; j < n; ++j) sum += (k[j] * k_k[j]) * (k[j] * k_k[j]);
@@ -39,7 +39,7 @@ inline float inverse_norm(const float* k, const float* k_k, int64_t n, bool* cla
   return 1.f / std::max(norm, kEps);
 }
 
-WKV7_VECTOR_CLONES void forward_block(const KeyDims& d, int64_t block, const float* k, const float* iclr,
+WKV7_INLINE inline void forward_block(const KeyDims& d, int64_t block, const float* k, const float* iclr,
                                       const float* k_k, const float* k_a, float* k_out, float* a, float* b) {
   const int64_t C = d.channels, N = d.head_size;
   for (int64_t row = block * kRows; row < std::min(d.rows, (block + 1) * kRows); ++row) {
@@ -58,7 +58,7 @@ WKV7_VECTOR_CLONES void forward_block(const KeyDims& d, int64_t block, const flo
   }
 }
 
-WKV7_VECTOR_CLONES void backward_block(const KeyDims& d, int64_t block, const float* k, const float* iclr,
+WKV7_INLINE inline void backward_block(const KeyDims& d, int64_t block, const float* k, const float* iclr,
                                        const float* k_k, const float* k_a, const float* gk_out, const float* ga,
                                        const float* gb, float* dk, float* diclr, float* dk_k_block,
                                        float* dk_a_block) {
@@ -111,9 +111,11 @@ std::vector<at::Tensor> wkv_keys_cpu_forward(at::Tensor k, at::Tensor iclr, at::
   const KeyDims d = check_key_inputs(k, iclr, k_k, k_a, head_size);
   auto k_out = at::empty_like(k), a = at::empty_like(k), b = at::empty_like(k);
   at::parallel_for(0, d.blocks(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block)
-      forward_block(d, block, k.data_ptr<float>(), iclr.data_ptr<float>(), k_k.data_ptr<float>(),
-                    k_a.data_ptr<float>(), k_out.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>());
+    run_vectorised([&]() WKV7_INLINE {
+      for (int64_t block = begin; block < end; ++block)
+        forward_block(d, block, k.data_ptr<float>(), iclr.data_ptr<float>(), k_k.data_ptr<float>(),
+                      k_a.data_ptr<float>(), k_out.data_ptr<float>(), a.data_ptr<float>(), b.data_ptr<float>());
+    });
   });
   return {k_out, a, b};
 }
@@ -130,13 +132,15 @@ std::vector<at::Tensor> wkv_keys_cpu_backward(at::Tensor k, at::Tensor iclr, at:
   auto dk = at::empty_like(k), diclr = at::empty_like(k);
   auto param_blocks = at::zeros({d.blocks(), 2, d.channels}, k.options());
   at::parallel_for(0, d.blocks(), 1, [&](int64_t begin, int64_t end) {
-    for (int64_t block = begin; block < end; ++block) {
-      float* sums = param_blocks.data_ptr<float>() + block * 2 * d.channels;
-      backward_block(d, block, k.data_ptr<float>(), iclr.data_ptr<float>(), k_k.data_ptr<float>(),
-                     k_a.data_ptr<float>(), grad_k_out.data_ptr<float>(), grad_a.data_ptr<float>(),
-                     grad_b.data_ptr<float>(), dk.data_ptr<float>(), diclr.data_ptr<float>(), sums,
-                     sums + d.channels);
-    }
+    run_vectorised([&]() WKV7_INLINE {
+      for (int64_t block = begin; block < end; ++block) {
+        float* sums = param_blocks.data_ptr<float>() + block * 2 * d.channels;
+        backward_block(d, block, k.data_ptr<float>(), iclr.data_ptr<float>(), k_k.data_ptr<float>(),
+                       k_a.data_ptr<float>(), grad_k_out.data_ptr<float>(), grad_a.data_ptr<float>(),
+                       grad_b.data_ptr<float>(), dk.data_ptr<float>(), diclr.data_ptr<float>(), sums,
+                       sums + d.channels);
+      }
+    });
   });
   auto totals = at::zeros({2, d.channels}, k.options());
   sum_blocks_in_order(param_blocks.data_ptr<float>(), d.blocks(), 2 * d.channels, totals.data_ptr<float>());
