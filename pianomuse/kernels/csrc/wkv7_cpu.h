@@ -11,7 +11,7 @@
 // GCC (11 or later: the x86-64-v3/v4 names) builds AVX-512 and AVX2+FMA clones of each per-head loop beside the
 // baseline x86-64 one and picks at load time (AVX2 was about 2.5x faster than the baseline here; AVX-512 a little
 // faster again on the shared development machine), so one build stays portable across the machines that share a
-// kernel cache. The decode step's loops use these clones.
+// kernel cache. The decode step keeps these clones (not re-measured with run_vectorised below).
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11 && defined(__x86_64__) && !defined(_WIN32)
 #define WKV7_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
