@@ -23,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -76,15 +77,24 @@ WKV7_INLINE inline void advance_rows(float* columns, const float* decay, const f
   }
 }
 
+// Calls block(width, i0) over the n rows in blocks of 64, then 16, then single rows (a head size of 64 is four
+// AVX-512 registers); width is a std::integral_constant, so that each block size is its own unrolled loop.
+template <typename Block>
+WKV7_INLINE inline void for_row_blocks(int64_t n, const Block& block) {
+  int64_t i0 = 0;
+  for (; i0 + 64 <= n; i0 += 64) block(std::integral_constant<int64_t, 64>{}, i0);
+  for (; i0 + 16 <= n; i0 += 16) block(std::integral_constant<int64_t, 16>{}, i0);
+  for (; i0 < n; ++i0) block(std::integral_constant<int64_t, 1>{}, i0);
+}
+
 // Advances a transposed state (columns[j * n + i] = S[i][j]) by one step in place; stores S_{t-1} a into state_a
-// and y into y (either may be skipped). Rows go in blocks of 64 or 16 (a head size of 64 is four AVX-512 registers).
+// and y into y (either may be skipped).
 WKV7_INLINE inline void advance_columns(float* columns, const float* decay, const float* r, const float* k,
                                         const float* v, const float* a, const float* b, int64_t n, float* state_a,
                                         float* y) {
-  int64_t i0 = 0;
-  for (; i0 + 64 <= n; i0 += 64) advance_rows<64>(columns, decay, r, k, v, a, b, n, i0, state_a, y);
-  for (; i0 + 16 <= n; i0 += 16) advance_rows<16>(columns, decay, r, k, v, a, b, n, i0, state_a, y);
-  for (; i0 < n; ++i0) advance_rows<1>(columns, decay, r, k, v, a, b, n, i0, state_a, y);
+  for_row_blocks(n, [&](auto width, int64_t i0) WKV7_INLINE {
+    advance_rows<width()>(columns, decay, r, k, v, a, b, n, i0, state_a, y);
+  });
 }
 
 WKV7_INLINE inline void forward_head(const Shape& s, int64_t bh, const float* r, const float* w, const float* k,
@@ -155,8 +165,9 @@ WKV7_INLINE inline void backward_head(const Shape& s, int64_t bh, const float* r
                                       const float* v, const float* a, const float* b, const float* checkpoints,
                                       const float* grad_y, float* adjoint, const Grads& g) {
   const int64_t n = s.size, nn = n * n, base = s.head_offset(bh);
-  // states[0] is the checkpoint before the chunk, states[s + 1] the state after its step s.
-  std::vector<float> states((kChunk + 1) * nn), state_a(kChunk * n), decay(n);
+  // states[0] is the checkpoint before the chunk, states[s + 1] the state after its step s; the recompute keeps each
+  // step's sa and decay for the backward.
+  std::vector<float> states((kChunk + 1) * nn), state_a(kChunk * n), decays(kChunk * n);
   transpose_square(adjoint, n);
   for (int64_t chunk = s.chunks() - 1; chunk >= 0; --chunk) {
     const int64_t t0 = chunk * kChunk, len = std::min(kChunk, s.steps - t0);
@@ -164,24 +175,20 @@ WKV7_INLINE inline void backward_head(const Shape& s, int64_t bh, const float* r
     for (int64_t step = 0; step < len; ++step) {
       const int64_t at = base + (t0 + step) * s.step_stride();
       float* state = states.data() + (step + 1) * nn;
+      float* decay = decays.data() + step * n;
       std::memcpy(state, state - nn, nn * sizeof(float));
-      exp_into(w + at, decay.data(), n);
-      advance_columns(state, decay.data(), r + at, k + at, v + at, a + at, b + at, n, state_a.data() + step * n,
-                      nullptr);
+      exp_into(w + at, decay, n);
+      advance_columns(state, decay, r + at, k + at, v + at, a + at, b + at, n, state_a.data() + step * n, nullptr);
     }
     for (int64_t step = len - 1; step >= 0; --step) {
       const int64_t at = base + (t0 + step) * s.step_stride();
       const float *prev = states.data() + step * nn, *cur = prev + nn, *sa = state_a.data() + step * n;
       const float *rt = r + at, *kt = k + at, *vt = v + at, *at_ = a + at, *bt = b + at, *dy = grad_y + at;
-      exp_into(w + at, decay.data(), n);
-      const float* d = decay.data();
-      int64_t i0 = 0;  // row blocks as in advance_columns
-      for (; i0 + 64 <= n; i0 += 64)
-        backward_rows<64>(adjoint, prev, cur, d, rt, kt, vt, at_, bt, sa, dy, n, i0, g, at);
-      for (; i0 + 16 <= n; i0 += 16)
-        backward_rows<16>(adjoint, prev, cur, d, rt, kt, vt, at_, bt, sa, dy, n, i0, g, at);
-      for (; i0 < n; ++i0) backward_rows<1>(adjoint, prev, cur, d, rt, kt, vt, at_, bt, sa, dy, n, i0, g, at);
-      for (int64_t j = 0; j < n; ++j) g.w[at + j] *= d[j];  // d(decay) -> d(log decay)
+      const float* decay = decays.data() + step * n;
+      for_row_blocks(n, [&](auto width, int64_t i0) WKV7_INLINE {
+        backward_rows<width()>(adjoint, prev, cur, decay, rt, kt, vt, at_, bt, sa, dy, n, i0, g, at);
+      });
+      for (int64_t j = 0; j < n; ++j) g.w[at + j] *= decay[j];  // d(decay) -> d(log decay)
     }
   }
   transpose_square(adjoint, n);
