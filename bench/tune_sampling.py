@@ -1,10 +1,10 @@
 """Tune the completion defaults (temperature, top-p) on the validation split, never the test split.
 
 For every (temperature, top-p) of the grid, a run's checkpoint continues the same validation prompts (`evaluate`'s
-prompt choice and seeds) and the probe's figures, and is scored with the evaluation's sampled measures: key
-agreement with the prompt, pitch-class overlap and groove similarity with the true continuation, and the pattern
-probe. The score of a setting is the mean of those four (each in [0, 1], higher is better); the best is printed
-last. Each setting's full report is kept under --out.
+prompt choice and seeds) and the probe's validation figures (never its test figures, which report the choice), and
+is scored with the evaluation's sampled measures: key agreement with the prompt, pitch-class overlap and groove
+similarity with the true continuation, and the pattern probe. The score of a setting is the mean of those four
+(each in [0, 1], higher is better); the best is printed last. Each setting's full report is kept under --out.
 
     .venv/bin/python bench/tune_sampling.py results/checkpoints/cpu --windows results/windows/KEY/validation
 """
@@ -50,7 +50,7 @@ def main() -> None:
                "top_k": None, "seed": args.seed, "nll_windows": 1}  # fmt: skip
         sampled = evaluate_run(cfg, args.bars, completer, {name: completer}, {}, validation, out / "evaluate")
         sampling = Sampling(args.bars, args.samples, temperature, top_p, None, args.seed)
-        probe = run_probe(completer, {name: completer}, sampling, out / "probe")
+        probe = run_probe(completer, {name: completer}, sampling, out / "probe", figure_set="validation")
         scores = {
             "key agreement": sampled["key_agreement"][name][0],
             "pitch-class overlap": sampled["metrics"][name]["pitch-class overlap"][0],

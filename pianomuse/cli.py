@@ -12,7 +12,7 @@ import torch
 
 from pianomuse.audio import AudioError, Renderer
 from pianomuse.complete import Completer, CompletionError, Sampling, write_completion
-from pianomuse.probe import probe_checkpoint
+from pianomuse.probe import FIGURE_SETS, probe_checkpoint
 
 USAGE_ERROR = 2
 COMPLETION_ERROR = 1
@@ -106,6 +106,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     probe.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
     probe.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
     add_sampling_arguments(probe, "after each prompt", "sampling (prompt i uses seed + i) and bootstrap seed")
+    probe.add_argument(
+        "--figures",
+        choices=list(FIGURE_SETS),
+        default="test",
+        help="the prompt set: test (the reported measure) or validation (figures of their own, to choose by)"
+        " (%(default)s)",
+    )
     probe.add_argument("--device", default="cpu", help="cpu, cuda or auto (%(default)s)")
     probe.add_argument("--threads", type=int, default=1, help="CPU threads (%(default)s)")
     probe.add_argument(
@@ -141,7 +148,7 @@ def complete(args: argparse.Namespace) -> None:
 def probe(args: argparse.Namespace) -> None:
     sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed)
     torch.set_num_threads(args.threads)
-    results = probe_checkpoint([args.checkpoint], args.tokenizer, sampling, args.device, args.output)
+    results = probe_checkpoint([args.checkpoint], args.tokenizer, sampling, args.device, args.output, args.figures)
     for name, (mean, low, high, n) in results["summary"].items():
         print(f"{name}: {mean:.3f} [{low:.3f}, {high:.3f}] over {n} prompts")
     print(f"report: {args.output / 'probe.md'}")

@@ -5,6 +5,11 @@ quarter, one velocity, one tempo): arpeggios, Alberti bass, repeated chords, sca
 accompaniment, in 3/4 and 4/4, across the 24 major and minor keys. It needs no dataset, so it runs on any
 checkpoint (`pianomuse probe`, and the workflow's `probe` rule).
 
+That set is a test measure: nothing is chosen by it. A second set, the validation figures (`--figures
+validation`), asks the same question with figures of its own (falling arpeggios, broken octaves, off-beat chords,
+falling scales, another tune over block chords; other keys): a sampling setting, a checkpoint or a training length
+is chosen on those (`bench/tune_sampling.py`), and the test figures then report it.
+
 Each continuation is scored bar by bar against the figure. A bar is the set of its notes' (onset slot, pitch)
 pairs, onsets rounded to the nearest sixteenth note (half up): the figures' own grid, coarser than the tokenizer's
 finest step (a 32nd in the first beats with the default `beat_res`), so a note less than a 32nd off still counts;
@@ -38,9 +43,30 @@ TPQ = 480
 VELOCITY = 80
 QPM = 100
 SLOTS_PER_QUARTER = 4  # sixteenth notes: the figures' grid
-PROMPT_SET_SEED = 2026  # fixes the keys and melodies of the prompt set, so every run is probed on the same prompts
-TEXTURES = ["arpeggio", "alberti-bass", "repeated-chords", "scale-run", "melody-and-accompaniment"]
 PROMPTS_PER_TEXTURE = 5
+
+
+@dataclass(frozen=True)
+class FigureSet:
+    """A probe prompt set: its textures, and the seed that fixes its keys and melodies (the same prompts on every
+    run)."""
+
+    textures: tuple[str, ...]
+    seed: int
+    starts_in_c_major: bool  # the test set: its first figure is the one the project's first measurements used
+
+
+FIGURE_SETS = {
+    "test": FigureSet(
+        ("arpeggio", "alberti-bass", "repeated-chords", "scale-run", "melody-and-accompaniment"), 2026, True
+    ),
+    "validation": FigureSet(
+        ("falling-arpeggio", "broken-octaves", "off-beat-chords", "falling-scale", "melody-over-block-chords"),
+        2027,
+        False,
+    ),
+}
+TEXTURES = list(FIGURE_SETS["test"].textures)
 
 # Reference continuations: what the scorer gives a perfect copy, a near miss and an unrelated figure.
 REPEAT = "repeat the figure"
@@ -87,11 +113,27 @@ def cycle(offsets: list[int], count: int) -> list[int]:
 Notes = list[tuple[int, int, int]]  # (onset, duration) in sixteenths, pitch
 
 
+def seeded_tune(beats: int, tonic: int, scale: np.ndarray, rng: np.random.Generator) -> Notes:
+    """A stepwise tune of one bar in the octave above `tonic`, its rhythm and steps drawn from `rng`."""
+    rhythms = {
+        4: [[4, 4, 4, 4], [4, 2, 2, 4, 4], [2, 2, 4, 8], [6, 2, 4, 4]],
+        3: [[4, 4, 4], [4, 2, 2, 4], [8, 4], [6, 2, 4]],
+    }
+    durations = rhythms[beats][rng.integers(len(rhythms[beats]))]
+    degree, melody, onset = int(rng.integers(0, 5)), [], 0
+    for duration in durations:
+        melody.append((onset, duration, tonic + 12 + 12 * (degree // 7) + int(scale[degree % 7])))
+        degree = int(np.clip(degree + rng.choice([-2, -1, 1, 2]), 0, 9))
+        onset += duration
+    return melody
+
+
 def figure_notes(texture: str, tonic: int, minor: bool, beats: int, rng: np.random.Generator) -> Notes:
     """One bar of `texture` on the tonic chord of the key (tonic: a MIDI pitch in octave 4), `beats` quarters long."""
     third = 3 if minor else 4
     scale = NATURAL_MINOR_SCALE if minor else MAJOR_SCALE
     sixteenths, bass = 4 * beats, tonic - 12
+    # The test figures.
     if texture == "arpeggio":  # broken chord in sixteenths, as in Bach's C-major prelude
         pattern = [0, third, 7, 12, 12 + third, 7, 12, 12 + third]
         return [(i, 1, tonic + o) for i, o in enumerate(cycle(pattern, sixteenths))]
@@ -103,32 +145,42 @@ def figure_notes(texture: str, tonic: int, minor: bool, beats: int, rng: np.rand
     if texture == "scale-run":  # up the scale in sixteenths
         return [(i, 1, tonic + 12 * (i // 7) + int(scale[i % 7])) for i in range(sixteenths)]
     if texture == "melody-and-accompaniment":  # a seeded stepwise tune over broken-chord eighths or a waltz bass
-        rhythms = {
-            4: [[4, 4, 4, 4], [4, 2, 2, 4, 4], [2, 2, 4, 8], [6, 2, 4, 4]],
-            3: [[4, 4, 4], [4, 2, 2, 4], [8, 4], [6, 2, 4]],
-        }
-        durations = rhythms[beats][rng.integers(len(rhythms[beats]))]
-        degree, melody, onset = int(rng.integers(0, 5)), [], 0
-        for duration in durations:
-            melody.append((onset, duration, tonic + 12 + 12 * (degree // 7) + int(scale[degree % 7])))
-            degree = int(np.clip(degree + rng.choice([-2, -1, 1, 2]), 0, 9))
-            onset += duration
+        melody = seeded_tune(beats, tonic, scale, rng)
         if beats == 3:  # oom-pah-pah
             accompaniment = [(0, 4, bass)] + [(4 * b, 4, tonic + o) for b in (1, 2) for o in (third, 7)]
         else:
             accompaniment = [(2 * i, 2, bass + o) for i, o in enumerate(cycle([0, 7, 12, 7], 2 * beats))]
         return melody + accompaniment
+    # The validation figures: the same question in other patterns.
+    if texture == "falling-arpeggio":  # the chord broken downwards from two octaves up, in sixteenths
+        pattern = [24, 19, 12 + third, 12, 7, third, 7, 12]
+        return [(i, 1, tonic + o) for i, o in enumerate(cycle(pattern, sixteenths))]
+    if texture == "broken-octaves":  # the bass in alternating octaves (eighths) under a held chord
+        octaves = [(2 * i, 2, bass - 12 + 12 * (i % 2)) for i in range(2 * beats)]
+        return octaves + [(0, sixteenths, tonic + o) for o in (third, 7, 12)]
+    if texture == "off-beat-chords":  # the bass on the beat, the triad on its off-beat eighth
+        return [(4 * b, 2, bass) for b in range(beats)] + [
+            (4 * b + 2, 2, tonic + o) for b in range(beats) for o in (0, third, 7)
+        ]
+    if texture == "falling-scale":  # down the scale in sixteenths from the tonic an octave up
+        return [(i, 1, tonic + 12 - 12 * ((i + 6) // 7) + int(scale[(-i) % 7])) for i in range(sixteenths)]
+    if texture == "melody-over-block-chords":  # a seeded stepwise tune over the triad held on every beat
+        chords = [(4 * b, 4, bass + o) for b in range(beats) for o in (0, third, 7)]
+        return seeded_tune(beats, tonic, scale, rng) + chords
     raise ValueError(f"unknown texture {texture!r}")
 
 
-def probe_figures() -> list[Figure]:
-    """The probe's prompt set: PROMPTS_PER_TEXTURE of each texture, meters alternating, keys a seeded walk through
-    all 24 (so that no key or mode dominates). The same list on every call. The first is C major: its figure,
+def probe_figures(figure_set: str = "test") -> list[Figure]:
+    """A prompt set of FIGURE_SETS: PROMPTS_PER_TEXTURE of each texture, meters alternating, keys a seeded walk
+    through all 24 (so that no key or mode dominates). The same list on every call. The test set's first figure,
     C4 E4 G4 C5 E5 G4 C5 E5 in sixteenths, is the one the project's first measurements used."""
-    rng = np.random.default_rng(PROMPT_SET_SEED)
-    keys = [0, *(1 + rng.permutation(23))]
+    if figure_set not in FIGURE_SETS:
+        raise CompletionError(f"unknown figure set {figure_set!r}: choose from {', '.join(FIGURE_SETS)}")
+    chosen = FIGURE_SETS[figure_set]
+    rng = np.random.default_rng(chosen.seed)
+    keys = [0, *(1 + rng.permutation(23))] if chosen.starts_in_c_major else rng.permutation(24)
     figures = []
-    for t, texture in enumerate(TEXTURES):
+    for t, texture in enumerate(chosen.textures):
         for i in range(PROMPTS_PER_TEXTURE):
             key = int(keys[len(figures) % 24])
             beats = 4 if (t + i) % 2 == 0 else 3
@@ -220,12 +272,18 @@ def probe_figure(
     }
 
 
-def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Sampling, out_dir: str | Path) -> dict:
-    """Probe every sampler on every figure (prompt i sampled with seed + i); write probe.json, probe.md, probe.html
-    and prompts/{name}/ into `out_dir`. `completer` is the tokenizer side (prompt ids, decoding) that the samplers
-    share."""
+def run_probe(
+    completer: Completer,
+    samplers: dict[str, Sampler],
+    sampling: Sampling,
+    out_dir: str | Path,
+    figure_set: str = "test",
+) -> dict:
+    """Probe every sampler on every figure of `figure_set` (prompt i sampled with seed + i); write probe.json,
+    probe.md, probe.html and prompts/{name}/ into `out_dir`. `completer` is the tokenizer side (prompt ids,
+    decoding) that the samplers share."""
     check_tokenizer_resolution(completer.tokenizer)
-    figures = probe_figures()
+    figures = probe_figures(figure_set)
     systems = [*samplers, *REFERENCES]
     with staged_folder(out_dir) as staging:
         prompts = []
@@ -235,6 +293,7 @@ def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Samp
             seeded = Sampling(**{**asdict(sampling), "seed": sampling.seed + i})
             prompts.append(probe_figure(completer, samplers, seeded, figure, other, staging / "prompts" / figure.name))
         results = {
+            "figures": figure_set,
             "settings": asdict(sampling),
             "prompt_bars": PROMPT_BARS,
             "slots_per_quarter": SLOTS_PER_QUARTER,
@@ -245,13 +304,14 @@ def run_probe(completer: Completer, samplers: dict[str, Sampler], sampling: Samp
             "summary": summarize(prompts, systems, sampling.seed),
             "by_texture": {
                 texture: summarize([p for p in prompts if p["texture"] == texture], systems, sampling.seed)
-                for texture in TEXTURES
+                for texture in FIGURE_SETS[figure_set].textures
             },
         }
         (staging / "probe.json").write_text(json.dumps(results, indent=2))
         tables = probe_tables(results, image_root="")
-        (staging / "probe.md").write_text(render_markdown("pianomuse pattern continuation probe", tables))
-        (staging / "probe.html").write_text(render_html("pianomuse pattern continuation probe", tables))
+        title = f"pianomuse pattern continuation probe ({figure_set} figures)"
+        (staging / "probe.md").write_text(render_markdown(title, tables))
+        (staging / "probe.html").write_text(render_html(title, tables))
     return results
 
 
@@ -260,10 +320,16 @@ def summarize(prompts: list[dict], systems: list[str], seed: int) -> dict:
 
 
 def probe_checkpoint(
-    checkpoints: list, tokenizer: str | Path | None, sampling: Sampling, device: str, out_dir: str | Path
+    checkpoints: list,
+    tokenizer: str | Path | None,
+    sampling: Sampling,
+    device: str,
+    out_dir: str | Path,
+    figure_set: str = "test",
 ) -> dict:
     """`run_probe` on checkpoints of one tokenizer, side by side: the first is the run, the others its baselines
     (tokenizer None: each run's, found beside it; device: cpu, cuda or auto)."""
+    probe_figures(figure_set)  # an unknown set fails before any checkpoint loads
     device = str(resolve_device(device, 0))
     completers = [Completer.load(path, tokenizer, device) for path in checkpoints]
-    return run_probe(completers[0], {c.system_name: c for c in completers}, sampling, out_dir)
+    return run_probe(completers[0], {c.system_name: c for c in completers}, sampling, out_dir, figure_set)

@@ -12,8 +12,9 @@ from symusic import Score
 
 from pianomuse.cli import main
 from pianomuse.complete import CompletionError
-from pianomuse.metrics import notes_of
+from pianomuse.metrics import MAJOR_SCALE, NATURAL_MINOR_SCALE, PITCH_CLASS_NAMES, notes_of
 from pianomuse.probe import (
+    FIGURE_SETS,
     OTHER_FIGURE,
     PROMPT_BARS,
     REPEAT,
@@ -29,22 +30,50 @@ from pianomuse.tokenizer import build_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 FIGURES = probe_figures()
+VALIDATION_FIGURES = probe_figures("validation")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_prompt_set_is_fixed_and_covers_textures_meters_and_keys():
-    assert 20 <= len(FIGURES) <= 30
-    assert probe_figures() == FIGURES  # the same prompts on every call
-    assert {f.texture for f in FIGURES} == set(TEXTURES)
-    for texture in TEXTURES:
-        assert {f.time_signature for f in FIGURES if f.texture == texture} == {(3, 4), (4, 4)}, texture
-    keys = {f.key for f in FIGURES}
+@pytest.mark.parametrize("figure_set", list(FIGURE_SETS))
+def test_prompt_set_is_fixed_and_covers_textures_meters_and_keys(figure_set):
+    figures = probe_figures(figure_set)
+    textures = FIGURE_SETS[figure_set].textures
+    assert 20 <= len(figures) <= 30
+    assert probe_figures(figure_set) == figures  # the same prompts on every call
+    assert {f.texture for f in figures} == set(textures)
+    for texture in textures:
+        assert {f.time_signature for f in figures if f.texture == texture} == {(3, 4), (4, 4)}, texture
+    keys = {f.key for f in figures}
     assert len(keys) >= 12 and any(k.endswith("major") for k in keys) and any(k.endswith("minor") for k in keys)
-    assert len({f.name for f in FIGURES}) == len(FIGURES)
+    assert len({f.name for f in figures}) == len(figures)
+
+
+def test_the_test_set_starts_with_the_first_measurements_figure():
     assert FIGURES[0].key == "C major" and [p for _, _, p in FIGURES[0].notes[:8]] == [60, 64, 67, 72, 76, 67, 72, 76]
+    assert list(FIGURE_SETS["test"].textures) == TEXTURES
 
 
-@pytest.mark.parametrize("figure", FIGURES, ids=lambda f: f.name)
+def shape(figure) -> tuple:
+    """A figure up to transposition: its meter and its (onset, duration, pitch above the lowest) notes."""
+    low = min(pitch for _, _, pitch in figure.notes)
+    return figure.time_signature, tuple(
+        sorted((onset, duration, pitch - low) for onset, duration, pitch in figure.notes)
+    )
+
+
+def test_validation_figures_are_their_own_patterns_not_the_test_figures_in_other_keys():
+    assert not set(FIGURE_SETS["validation"].textures) & set(TEXTURES)
+    assert not {shape(f) for f in VALIDATION_FIGURES} & {shape(f) for f in FIGURES}
+    assert not {f.name for f in VALIDATION_FIGURES} & {f.name for f in FIGURES}
+    assert [f.key for f in VALIDATION_FIGURES] != [f.key for f in FIGURES]
+
+
+def test_an_unknown_figure_set_is_refused():
+    with pytest.raises(CompletionError, match="unknown figure set 'train': choose from test, validation"):
+        probe_figures("train")
+
+
+@pytest.mark.parametrize("figure", FIGURES + VALIDATION_FIGURES, ids=lambda f: f.name)
 def test_each_prompt_is_its_figure_played_eight_times_like_a_score(figure):
     score = figure.score(PROMPT_BARS)
     notes = notes_of(score)
@@ -55,6 +84,10 @@ def test_each_prompt_is_its_figure_played_eight_times_like_a_score(figure):
     for onset, duration, _ in figure.notes:
         assert 0 <= onset < figure.slots_per_bar and onset + duration <= figure.slots_per_bar  # inside its bar
     assert bar_events(score, figure.slots_per_bar, PROMPT_BARS) == [figure.events()] * PROMPT_BARS
+    # Every note of the figure lies in its key's scale, so a key-keeping continuation can copy it exactly.
+    tonic = PITCH_CLASS_NAMES.index(figure.key.split()[0])
+    scale = NATURAL_MINOR_SCALE if figure.key.endswith("minor") else MAJOR_SCALE
+    assert {pitch % 12 for _, _, pitch in figure.notes} <= {(tonic + int(d)) % 12 for d in scale}
 
 
 def test_scorer_gives_one_for_a_copy_and_little_for_near_misses():
@@ -91,7 +124,7 @@ def test_probe_command_end_to_end_on_a_tiny_model(checkpoint, tmp_path, capsys):
     assert "RWKV-7: " in stdout and "repeat the figure: 1.000" in stdout
 
     results = json.loads((out / "probe.json").read_text())
-    assert results["settings"]["bars"] == 2 and results["settings"]["samples"] == 2
+    assert results["figures"] == "test" and results["settings"]["bars"] == 2 and results["settings"]["samples"] == 2
     assert [p["name"] for p in results["prompts"]] == [f.name for f in FIGURES]
     for prompt in results["prompts"]:
         scores = prompt["scores"]
@@ -121,6 +154,19 @@ def test_probe_command_end_to_end_on_a_tiny_model(checkpoint, tmp_path, capsys):
         assert prompt["rolls"]["RWKV-7"] in markdown
 
 
+def test_probe_command_probes_the_validation_figures_when_asked(checkpoint, tmp_path, capsys):
+    out = tmp_path / "probe"
+    args = ["probe", "--checkpoint", str(checkpoint), "--figures", "validation", "--bars", "1", "--samples", "1"]
+    assert main([*args, "-o", str(out)]) == 0
+    assert "repeat the figure: 1.000" in capsys.readouterr().out
+    results = json.loads((out / "probe.json").read_text())
+    assert results["figures"] == "validation"
+    assert [p["name"] for p in results["prompts"]] == [f.name for f in VALIDATION_FIGURES]
+    assert list(results["by_texture"]) == list(FIGURE_SETS["validation"].textures)
+    assert results["summary"][REPEAT][0] == 1.0 and results["summary"][TRANSPOSED][0] == 0.0
+    assert "(validation figures)" in (out / "probe.md").read_text()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -140,7 +186,11 @@ def test_probe_command_rejects_bad_settings(checkpoint, tmp_path, capsys, extra,
 def test_probe_command_rejects_a_missing_checkpoint_and_bad_usage(tmp_path, capsys):
     assert main(["probe", "--checkpoint", str(tmp_path / "absent.pth"), "-o", str(tmp_path / "out")]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
-    for args in [["probe", "-o", str(tmp_path / "out")], ["probe", "--checkpoint", "x.pth", "-o", "o", "--bars", "x"]]:
+    for args in [
+        ["probe", "-o", str(tmp_path / "out")],
+        ["probe", "--checkpoint", "x.pth", "-o", "o", "--bars", "x"],
+        ["probe", "--checkpoint", "x.pth", "-o", "o", "--figures", "train"],
+    ]:
         with pytest.raises(SystemExit) as exit_info:
             main(args)
         assert exit_info.value.code == 2 and "usage:" in capsys.readouterr().err
