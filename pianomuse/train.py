@@ -275,8 +275,10 @@ class TrainingRun:
             torch.autocast, device_type=device.type, dtype=compute_dtype, enabled=device.type == "cuda"
         )
         # MFU's denominator: this device's matrix-multiply peak in the dtype the products run in, measured once
-        # (a 1024^3 product runs near the CPU's peak in ~0.03 s a thread; a GPU needs a larger one to fill it).
-        self.peak_flops = matmul_peak(device, 4096 if device.type == "cuda" else 1024, dtype=compute_dtype)
+        # (a 1024^3 product runs near the CPU's peak in ~0.03 s a thread; a GPU needs a larger one to fill it). The
+        # best of 10 spans a few tenths of a second, so a moment's load at start-up does not halve it.
+        size = 4096 if device.type == "cuda" else 1024
+        self.peak_flops = matmul_peak(device, size, repeats=10, dtype=compute_dtype)
         self.model_config = model_config
         self.raw_model = self.model = build_model(model_config).to(device)
         self.optimizer, self.scheduler = make_optimizer(
@@ -392,7 +394,7 @@ class TrainingRun:
         progress = tqdm(total=max_steps, initial=p.step, desc=f"train {self.run_dir.name}", unit="step", **self.bars)
         session_start, session_step = time.perf_counter(), p.step  # for the ETA: this process's pace
         new_interval = partial(LogInterval, self.peak_flops * self.ranks.world_size)
-        interval = new_interval()
+        interval, peak_warned = new_interval(), False
         while p.step < max_steps and (stop_at_step is None or p.step < stop_at_step):
             batches = data.epoch(p.epoch)
             for batch in data.train_loader(batches[p.batch_in_epoch :]):
@@ -408,6 +410,13 @@ class TrainingRun:
                 if writer and (p.step % s.log_every == 0 or val_nll is not None or last):
                     row = interval.row(p.step, p.epoch, lr, val_nll, grad_norm, p.skipped)
                     self.metrics.append(row)
+                    if float(row["mfu"]) > 1 and not peak_warned:
+                        peak_warned = True
+                        warnings.warn(
+                            f"MFU {float(row['mfu']):.0%} at step {p.step}: the matmul peak measured at the start "
+                            f"({self.peak_flops / 1e9:,.0f} GFLOP/s) was low, the machine busy then; this run's MFU "
+                            "figures are too high"
+                        )
                     mfu = f"{float(row['mfu']):.1%}"
                     postfix = {
                         "loss": row["train_loss"],

@@ -263,7 +263,7 @@ def test_each_log_row_has_the_mfu_of_its_tokens_per_second_over_the_measured_pea
     )
     peaks = []
 
-    def fake_peak(device, size, dtype):
+    def fake_peak(device, size, repeats, dtype):
         peaks.append((torch.device(device).type, dtype))
         return per_token * 2e6  # MFU = tokens/s / 2e6: in (0, 1] for any speed a tiny model reaches on a CPU
 
@@ -276,6 +276,14 @@ def test_each_log_row_has_the_mfu_of_its_tokens_per_second_over_the_measured_pea
         # The window loss scores every real token, so each costs the per-token FLOPs of the whole model.
         assert 0 < float(row["mfu"]) <= 1
         assert float(row["mfu"]) == pytest.approx(float(row["tokens_per_s"]) / 2e6, rel=2e-3)
+
+
+def test_an_mfu_over_one_warns_once_that_the_peak_was_measured_low(synthetic_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_module, "matmul_peak", lambda device, size, repeats, dtype: 1.0)  # 1 FLOP/s
+    with pytest.warns(UserWarning, match=r"the matmul peak measured at the start \(0 GFLOP/s\) was low") as warned:
+        run(run_config(max_steps=4), synthetic_data, tmp_path)
+    assert sum("matmul peak" in str(w.message) for w in warned) == 1  # once, not on every log row
+    assert all(float(row["mfu"]) > 1 for row in read_metrics(tmp_path / "metrics.csv"))
 
 
 def test_a_run_that_keeps_producing_nan_aborts_with_a_clear_message(synthetic_data, tmp_path):
