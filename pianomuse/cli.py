@@ -50,6 +50,27 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, where: str, seed_hel
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"{seed_help} (default: %(default)s)")
 
 
+def add_probe_command(commands: argparse._SubParsersAction) -> None:
+    probe = commands.add_parser(
+        "probe", help="the pattern continuation probe: does the model keep playing a repeated one-bar figure?"
+    )
+    probe.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
+    probe.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
+    add_sampling_arguments(probe, "after each prompt", "sampling (prompt i uses seed + i) and bootstrap seed")
+    probe.add_argument(
+        "--figures",
+        choices=list(FIGURE_SETS),
+        default="test",
+        help="the prompt set: test (the reported measure) or validation (figures of their own, to choose by)"
+        " (%(default)s)",
+    )
+    probe.add_argument("--device", default="cpu", help="cpu, cuda or auto (%(default)s)")
+    probe.add_argument("--threads", type=int, default=1, help="CPU threads (%(default)s)")
+    probe.add_argument(
+        "-o", "--output", type=Path, required=True, help="folder for probe.json, probe.md/.html and the prompts' files"
+    )
+
+
 def add_studio_command(commands: argparse._SubParsersAction) -> None:
     studio = commands.add_parser(
         "studio",
@@ -100,24 +121,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--soundfont", type=Path, help="the General MIDI .sf2 for --audio (default: the system's, e.g. FluidR3_GM)"
     )
 
-    probe = commands.add_parser(
-        "probe", help="the pattern continuation probe: does the model keep playing a repeated one-bar figure?"
-    )
-    probe.add_argument("--checkpoint", type=Path, required=True, help=CHECKPOINT_HELP)
-    probe.add_argument("--tokenizer", type=Path, help=TOKENIZER_HELP)
-    add_sampling_arguments(probe, "after each prompt", "sampling (prompt i uses seed + i) and bootstrap seed")
-    probe.add_argument(
-        "--figures",
-        choices=list(FIGURE_SETS),
-        default="test",
-        help="the prompt set: test (the reported measure) or validation (figures of their own, to choose by)"
-        " (%(default)s)",
-    )
-    probe.add_argument("--device", default="cpu", help="cpu, cuda or auto (%(default)s)")
-    probe.add_argument("--threads", type=int, default=1, help="CPU threads (%(default)s)")
-    probe.add_argument(
-        "-o", "--output", type=Path, required=True, help="folder for probe.json, probe.md/.html and the prompts' files"
-    )
+    add_probe_command(commands)
     add_studio_command(commands)
     args = parser.parse_args(argv)
     if args.command != "complete":
