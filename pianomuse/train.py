@@ -410,18 +410,18 @@ class TrainingRun:
                 if writer and (p.step % s.log_every == 0 or val_nll is not None or last):
                     row = interval.row(p.step, p.epoch, lr, val_nll, grad_norm, p.skipped)
                     self.metrics.append(row)
-                    if float(row["mfu"]) > 1 and not peak_warned:
+                    mfu = float(row["mfu"])
+                    if mfu > 1 and not peak_warned:
                         peak_warned = True
                         warnings.warn(
-                            f"MFU {float(row['mfu']):.0%} at step {p.step}: the matmul peak measured at the start "
+                            f"MFU {mfu:.0%} at step {p.step}: the matmul peak measured at the start "
                             f"({self.peak_flops / 1e9:,.0f} GFLOP/s) was low, the machine busy then; this run's MFU "
                             "figures are too high"
                         )
-                    mfu = f"{float(row['mfu']):.1%}"
                     postfix = {
                         "loss": row["train_loss"],
                         "tok_s": row["tokens_per_s"],
-                        "mfu": mfu,
+                        "mfu": f"{mfu:.1%}",
                         "val": row["val_nll"] or "-",
                     }
                     progress.set_postfix(postfix, refresh=False)
