@@ -47,7 +47,8 @@ class LogInterval:
             "lr": f"{lr:.6g}",
             "train_loss": f"{self.loss / self.updates:.6f}" if self.updates else "",
             "val_nll": "" if val_nll is None else f"{val_nll:.6f}",
-            "tokens_per_s": f"{self.tokens / elapsed:.1f}",
+            # Significant digits, not decimals: a slow run (a busy machine) keeps the precision MFU is given in.
+            "tokens_per_s": f"{self.tokens / elapsed:.7g}",
             "mfu": f"{self.flops / elapsed / self.peak_flops:.4g}",
             "padding_fraction": f"{1 - self.tokens / self.padded:.4f}",
             "grad_norm": f"{grad_norm:.6f}",

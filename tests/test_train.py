@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 import yaml
 from workflow_helpers import REPO, copy_workflow, data_dirs, snakemake, write_tiny_run_overrides
 
+import pianomuse.run_log as run_log
 import pianomuse.train as train_module
 from pianomuse.batching import collate_windows, epoch_batches, pack_by_length, shard_for_rank
 from pianomuse.checkpoint import save_weights
@@ -30,7 +32,7 @@ from pianomuse.config import load_config
 from pianomuse.flops import rwkv7_train_flops_per_token
 from pianomuse.model import RWKV7, RWKV7Config
 from pianomuse.optim import lr_factor, optimizer_groups
-from pianomuse.run_log import read_metrics
+from pianomuse.run_log import LogInterval, read_metrics
 from pianomuse.scoring import batch_nll
 from pianomuse.tokenizer import load_tokenizer
 from pianomuse.train import NonFiniteGuard, launch, train, train_step, windows_fingerprint
@@ -276,6 +278,17 @@ def test_each_log_row_has_the_mfu_of_its_tokens_per_second_over_the_measured_pea
         # The window loss scores every real token, so each costs the per-token FLOPs of the whole model.
         assert 0 < float(row["mfu"]) <= 1
         assert float(row["mfu"]) == pytest.approx(float(row["tokens_per_s"]) / 2e6, rel=2e-3)
+
+
+def test_a_slow_interval_keeps_its_tokens_per_second_as_precise_as_its_mfu(monkeypatch):
+    # Under load a tiny run makes ~12 tokens/s: one decimal of that was 4e-3 off its MFU (a flake, now fixed).
+    clock = iter([0.0, 8.45])
+    monkeypatch.setattr(run_log, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    interval = LogInterval(peak_flops=1e9)
+    interval.add(1.0, True, real_tokens=100, padded_tokens=128, flops=100 * 2e3)
+    row = interval.row(step=1, epoch=0, lr=1e-3, val_nll=None, grad_norm=0.5, skipped=0)
+    assert float(row["tokens_per_s"]) == pytest.approx(100 / 8.45, rel=1e-6)
+    assert float(row["mfu"]) == pytest.approx(float(row["tokens_per_s"]) * 2e3 / 1e9, rel=1e-3)
 
 
 def test_an_mfu_over_one_warns_once_that_the_peak_was_measured_low(synthetic_data, tmp_path, monkeypatch):
