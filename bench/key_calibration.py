@@ -20,7 +20,7 @@ import datasets
 import numpy as np
 import torch
 
-from pianomuse.complete import Completer
+from pianomuse.complete import Completer, Sampling
 from pianomuse.evaluate import choose_prompts
 from pianomuse.metrics import best_key, key_scale
 from pianomuse.remi import pitch_token_ids
@@ -51,8 +51,9 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", help="run folders (results/checkpoints/{run}) of RWKV-7 or Transformer runs")
     parser.add_argument("--windows", required=True, help="their validation windows (results/windows/KEY/validation)")
     parser.add_argument("--prompts", type=int, default=256)
-    parser.add_argument("--temperatures", type=float, nargs="+", default=[0.8, 1.0])
-    parser.add_argument("--top-ps", type=float, nargs="+", default=[0.9, 1.0])
+    # The shipped defaults, and sampling from the model as it is.
+    parser.add_argument("--temperatures", type=float, nargs="+", default=[Sampling.temperature, 1.0])
+    parser.add_argument("--top-ps", type=float, nargs="+", default=[Sampling.top_p, 1.0])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)

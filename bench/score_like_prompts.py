@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from pianomuse.augment import ScoreGrid, score_like_ids
-from pianomuse.complete import Completer
+from pianomuse.complete import Completer, Sampling
 from pianomuse.evaluate import TRUTH, evaluate_run, window_nll_of
 
 MEASURES = ["pitch-class overlap", "groove similarity", "scale consistency"]
@@ -40,8 +40,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--nll-windows", type=int, default=1024)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-p", type=float, default=0.9)
+    parser.add_argument("--temperature", type=float, default=Sampling.temperature)
+    parser.add_argument("--top-p", type=float, default=Sampling.top_p)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="results/score-like-prompts")
     args = parser.parse_args()
