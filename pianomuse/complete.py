@@ -65,8 +65,8 @@ class Sampling:
 
     bars: int = 4  # M, per continuation
     samples: int = 4  # K
-    temperature: float = 1.0  # tuned on the validation split with the cpu preset's model (docs/experiments.md)
-    top_p: float = 0.9
+    temperature: float = 0.9  # tuned on the validation split with the cpu preset's model (docs/experiments.md)
+    top_p: float = 0.95
     top_k: int | None = None
     seed: int = 0
     max_tokens_per_bar: int = MAX_TOKENS_PER_BAR
