@@ -24,7 +24,8 @@ TOKENIZER_HELP = "the run's tokenizer.json (default: the one beside the checkpoi
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser, where: str, seed_help: str) -> None:
-    """--bars, --samples, --temperature, --top-p, --top-k and --seed, defaulting to `Sampling`'s own defaults."""
+    """--bars, --samples, --temperature, --top-p, --top-k, --stay-in-key and --seed, defaulting to `Sampling`'s own
+    defaults."""
     defaults = Sampling()
     parser.add_argument(
         "--bars", type=int, default=defaults.bars, help=f"bars to generate {where}, M (default: %(default)s)"
@@ -47,7 +48,21 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, where: str, seed_hel
     parser.add_argument(
         "--top-k", type=int, default=defaults.top_k, help="sample among the k most likely tokens (default: all)"
     )
+    parser.add_argument(
+        "--stay-in-key",
+        type=float,
+        default=defaults.stay_in_key,
+        metavar="NATS",
+        help="lower every pitch outside the prompt's key by this many nats (log-probability) before sampling: 0 "
+        "plays as the model learned, 2 makes an out-of-key note about 7x rarer (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"{seed_help} (default: %(default)s)")
+
+
+def sampling_of(args: argparse.Namespace) -> Sampling:
+    return Sampling(
+        args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed, stay_in_key=args.stay_in_key
+    )
 
 
 def add_probe_command(commands: argparse._SubParsersAction) -> None:
@@ -139,7 +154,7 @@ def complete(args: argparse.Namespace) -> None:
     prompt_bars = args.prompt_bars if args.from_bar is None else (args.from_bar, args.to_bar)
     if not args.prompt.is_file():
         raise CompletionError(f"prompt file not found: {args.prompt}")
-    sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed)
+    sampling = sampling_of(args)
     renderer = Renderer(args.soundfont) if args.audio else None  # before any work: a missing soundfont fails first
     torch.set_num_threads(args.threads)
     completer = Completer.load(args.checkpoint, args.tokenizer, args.device)
@@ -150,7 +165,7 @@ def complete(args: argparse.Namespace) -> None:
 
 
 def probe(args: argparse.Namespace) -> None:
-    sampling = Sampling(args.bars, args.samples, args.temperature, args.top_p, args.top_k, args.seed)
+    sampling = sampling_of(args)
     torch.set_num_threads(args.threads)
     results = probe_checkpoint([args.checkpoint], args.tokenizer, sampling, args.device, args.output, args.figures)
     for name, (mean, low, high, n) in results["summary"].items():

@@ -39,6 +39,7 @@ UNIGRAM = "unigram"
 REPEAT = "repeat the prompt's last bars"
 OTHER_PIECE = "bars of another test piece"
 TRUTH = "true continuation"
+SAMPLING_SETTINGS = ("temperature", "top_p", "top_k", "stay_in_key")  # the config's, passed to `Sampling` as they are
 
 # (contexts, completions) -> each window's total NLL (nats) of its completion tokens given its context.
 WindowNLL = Callable[[list[list[int]], list[list[int]]], np.ndarray]
@@ -217,6 +218,7 @@ def evaluate_run(
         "run": out_dir.name,
         "continuation_bars": bars,
         "sampled": list(sampled),
+        "sampling": {name: cfg[name] for name in SAMPLING_SETTINGS},
         "nll": nll_results(likelihoods, completer.tokenizer, test_ds, cfg["nll_windows"], seed),
     }
     piece_ids, bar_id = test_ds["piece_id"], completer.grammar.bar_id
@@ -228,7 +230,7 @@ def evaluate_run(
         row = test_ds[window]
         context, completion = list(row["context_ids"]), list(row["completion_ids"])
         check_completion_bars(window, completion, bar_id, bars)
-        sampling = Sampling(bars, cfg["samples"], cfg["temperature"], cfg["top_p"], cfg["top_k"], seed + p)
+        sampling = Sampling(bars, cfg["samples"], seed=seed + p, **{name: cfg[name] for name in SAMPLING_SETTINGS})
         other = test_ds[other_piece_window(piece_ids, window, np.random.default_rng([seed, 3, p]))]
         prompt = completer.tokenizer.decode([context])
         truth = completer.decode_last_bars(context + completion, bars)
@@ -242,7 +244,6 @@ def evaluate_run(
                 values[system][name].append(value)
             agreement[system].append(key_agreement(candidate, prompt))
         agreement[TRUTH].append(key_agreement(truth, prompt))
-        truth_paths = write_truth(completer, context, completion, sample_dir, out_dir, p, renderer)
         key = best_key(prompt)
         prompts.append(
             {
@@ -251,7 +252,7 @@ def evaluate_run(
                 "prompt_bars": context.count(bar_id),
                 "prompt_key": None if key is None else KEY_NAMES[key],
                 "samples": samples,
-                **truth_paths,
+                **write_truth(completer, context, completion, sample_dir, out_dir, p, renderer),
             }
         )
     return write_results(results, values, agreement, prompts, seed, out_dir, probe_dir)

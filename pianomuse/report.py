@@ -90,6 +90,14 @@ def nll_tables(nll: dict) -> list[Table]:
     ]
 
 
+def sampling_words(settings: dict) -> str:
+    """How samples were drawn, in words: temperature, top-p, top-k and, where it is on, the stay-in-key strength."""
+    words = f"temperature {settings['temperature']}, top-p {settings['top_p']}, top-k {settings['top_k'] or 'all'}"
+    if settings.get("stay_in_key"):
+        words += f", stay-in-key {settings['stay_in_key']} nats"
+    return words
+
+
 def probe_tables(probe: dict, image_root: str) -> list[Table]:
     """The pattern probe's tables; `image_root` leads from the report's folder to the probe's."""
     systems, settings = probe["systems"], probe["settings"]
@@ -101,8 +109,8 @@ def probe_tables(probe: dict, image_root: str) -> list[Table]:
         Table(
             "Pattern continuation probe",
             f"each prompt: a one-bar figure played {probe['prompt_bars']} times, continued for M = {settings['bars']} "
-            f"bars x K = {settings['samples']} samples (temperature {settings['temperature']}, top-p "
-            f"{settings['top_p']}, top-k {settings['top_k'] or 'all'}, seed {settings['seed']} + prompt number); "
+            f"bars x K = {settings['samples']} samples ({sampling_words(settings)}, seed {settings['seed']} + prompt "
+            "number); "
             "score: F1 of the (sixteenth-note onset slot, pitch) pairs of each continuation bar against the figure's, "
             "mean over bars (1 = keeps the figure); mean [95% bootstrap interval over prompts] (n = prompts). "
             "References: the figure played on (must be 1), a semitone up, another prompt's figure in the same meter",
@@ -127,13 +135,13 @@ def probe_tables(probe: dict, image_root: str) -> list[Table]:
     ]
 
 
-def key_agreement_table(agreement: dict) -> Table:
+def key_agreement_table(agreement: dict, sampling: dict) -> Table:
     return Table(
         "Key agreement with the prompt",
-        "share of each continuation's notes whose pitch class lies in the prompt's key (the major or minor key "
-        "whose Krumhansl-Kessler profile correlates best with the prompt's duration-weighted pitch classes; "
-        "its major or natural minor scale); chance: 7/12 = 0.583; the true continuation scored the same way. "
-        "mean [95% bootstrap interval] (n = continuations)",
+        f"samples drawn at {sampling_words(sampling)}; share of each continuation's notes whose pitch class lies "
+        "in the prompt's key (the major or minor key whose Krumhansl-Kessler profile correlates best with the "
+        "prompt's duration-weighted pitch classes; its major or natural minor scale); chance: 7/12 = 0.583; the "
+        "true continuation scored the same way. mean [95% bootstrap interval] (n = continuations)",
         ["measure", *agreement],
         [system_row("key agreement", agreement, list(agreement))],
     )
@@ -194,7 +202,7 @@ def piano_rolls_table(prompts: list[dict], sampled: list[str]) -> Table:
 
 def report_tables(results: dict) -> list[Table]:
     tables = nll_tables(results["nll"])
-    tables.append(key_agreement_table(results["key_agreement"]))
+    tables.append(key_agreement_table(results["key_agreement"], results["sampling"]))
     tables.append(metrics_table(results["metrics"], results["continuation_bars"]))
     if "probe" in results:
         tables += probe_tables(results["probe"], results["probe_dir"] + "/")

@@ -33,6 +33,7 @@ class GrammarTables:
     position: torch.Tensor  # [V] long: the value of a Position token, -1 elsewhere
     bar_positions: torch.Tensor  # [V] long: positions per bar of a TimeSig token, -1 elsewhere
     is_pitch: torch.Tensor  # [V] bool
+    pitch_class: torch.Tensor  # [V] long: the pitch class (0 = C) of a Pitch token, -1 elsewhere
     bar_id: int
     type_ids: dict[str, int]  # type name -> index
 
@@ -57,6 +58,7 @@ class GrammarTables:
         token_type = torch.full((vocab_size,), -1, dtype=torch.long)
         position = torch.full((vocab_size,), -1, dtype=torch.long)
         bar_positions = torch.full((vocab_size,), -1, dtype=torch.long)
+        pitch_class = torch.full((vocab_size,), -1, dtype=torch.long)
         for token, i in tokenizer.vocab.items():
             kind, _, value = token.partition("_")
             if kind not in type_ids:
@@ -64,6 +66,8 @@ class GrammarTables:
             token_type[i] = type_ids[kind]
             if kind == "Position":
                 position[i] = int(value)
+            elif kind == "Pitch":
+                pitch_class[i] = int(value) % 12
             elif kind == "TimeSig":
                 # A bar of n/d holds n beats of the denominator's note value, each max_num_pos_per_beat positions.
                 bar_positions[i] = int(value.split("/")[0]) * tokenizer.config.max_num_pos_per_beat
@@ -73,6 +77,7 @@ class GrammarTables:
             position=position,
             bar_positions=bar_positions,
             is_pitch=token_type == type_ids["Pitch"],
+            pitch_class=pitch_class,
             bar_id=tokenizer.vocab["Bar_None"],
             type_ids=type_ids,
         )
@@ -151,6 +156,13 @@ def advance(tables: GrammarTables, state: GrammarState, ids: torch.Tensor) -> No
     state.pitches_here[played.nonzero()[:, 0], ids[played]] = True
     state.bars += is_bar.long()
     state.tokens_in_bar = torch.where(is_bar, 0, state.tokens_in_bar + 1)
+
+
+def key_penalty(tables: GrammarTables, in_key: torch.Tensor, strength: float) -> torch.Tensor:
+    """[V] logit offsets that lower every Pitch token outside a key by `strength` (in nats, before temperature):
+    `in_key` is the key's (12,) pitch-class mask. Other tokens, in-key pitches included, keep their logits."""
+    outside = tables.is_pitch & ~in_key[tables.pitch_class.clamp(min=0)]
+    return torch.where(outside, -strength, 0.0)
 
 
 def filter_logits(logits: torch.Tensor, temperature: float, top_k: int | None, top_p: float) -> torch.Tensor:

@@ -291,13 +291,15 @@ class Studio:
 
 
 def defaults() -> dict:
-    """What a fresh page starts from: `Sampling()`'s M, temperature and top-p, the studio's K and prompt length."""
+    """What a fresh page starts from: `Sampling()`'s M, temperature, top-p and stay-in-key, the studio's K and prompt
+    length."""
     sampling = Sampling()
     return {
         "bars": sampling.bars,
         "samples": STUDIO_SAMPLES,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
+        "stay_in_key": sampling.stay_in_key,
         "seed": sampling.seed,
         "prompt_bars": STUDIO_PROMPT_BARS,
     }
@@ -313,6 +315,7 @@ def settings_of(body: dict) -> tuple[int, int, Sampling]:
             temperature=float(body["temperature"]),
             top_p=float(body["top_p"]),
             seed=int(body["seed"]),
+            stay_in_key=float(body["stay_in_key"]),
         )
     except KeyError as missing:
         raise CompletionError(f"the generate request has no {missing.args[0]}") from missing

@@ -73,6 +73,40 @@ def test_same_seed_same_output_other_seed_other_output(completer, prompt_midi):
     assert len({tuple(ids) for ids in first}) == 3  # the samples of one run differ from each other
 
 
+C_MAJOR_CHORDS = [60, 64, 67, 72, 62, 65, 69, 71, 60, 64, 67, 72]  # C major, tonic and dominant weighed most
+
+
+def pitch_classes(completer: Completer, ids: list[int]) -> list[int]:
+    return [int(completer.grammar.pitch_class[i]) for i in ids if completer.grammar.is_pitch[i]]
+
+
+def test_stay_in_key_lowers_only_the_pitches_outside_the_prompts_key(completer):
+    grammar = completer.grammar
+    prompt = completer.prompt_ids(make_piano_score(4, 6, pitches=C_MAJOR_CHORDS, seed=4), None)
+    penalty = completer.prompt_key_penalty(prompt, 2.5)
+    outside = grammar.is_pitch & torch.isin(grammar.pitch_class, torch.tensor([1, 3, 6, 8, 10]))
+    assert outside.sum() > 0 and (grammar.is_pitch & ~outside).sum() > 0
+    assert torch.equal(penalty, torch.where(outside, -2.5, 0.0))  # C major's scale; no other token touched
+    assert completer.prompt_key_penalty(prompt, 0.0) == 0.0
+    assert completer.prompt_key_penalty(prompt[:1], 2.5) == 0.0  # a prompt of one empty bar has no key
+
+
+def test_stay_in_key_keeps_the_continuations_in_the_prompts_key(completer):
+    """The random model wanders out of C major; a strong pull keeps every pitch in it, and the grammar still holds.
+    Strength 0 is the model as it is: the same tokens as the default settings."""
+    prompt = completer.prompt_ids(make_piano_score(4, 6, pitches=C_MAJOR_CHORDS, seed=4), None)
+    settings = {"bars": 2, "samples": 4, "temperature": 1.2, "top_p": 1.0, "seed": 11, "max_tokens_per_bar": 40}
+    free = completer.generate(prompt, Sampling(**settings), progress=False)
+    assert completer.generate(prompt, Sampling(**settings, stay_in_key=0.0), progress=False) == free
+    kept = completer.generate(prompt, Sampling(**settings, stay_in_key=40.0), progress=False)
+    check_samples(completer, prompt, kept, bars=2)
+    scale = {0, 2, 4, 5, 7, 9, 11}
+    free_classes = [c for ids in free for c in pitch_classes(completer, ids)]
+    kept_classes = [c for ids in kept for c in pitch_classes(completer, ids)]
+    assert sum(c not in scale for c in free_classes) > 0.2 * len(free_classes)
+    assert kept_classes and set(kept_classes) <= scale
+
+
 def test_progress_counts_finished_bars_from_zero_and_shows_100_percent_once(completer, capsys):
     prompt = completer.prompt_ids(make_piano_score(2, 4), None)
     completer.generate(prompt, Sampling(bars=2, samples=3, seed=2, max_tokens_per_bar=24), progress=True)
@@ -232,6 +266,7 @@ def test_cli_help_explains_every_option_and_shows_the_defaults(capsys):
         "--temperature",
         "--top-p",
         "--top-k",
+        "--stay-in-key",
         "--seed",
         "--device",
         "--threads",
@@ -243,6 +278,7 @@ def test_cli_help_explains_every_option_and_shows_the_defaults(capsys):
         "K (default: 4)",
         f"(default: {Sampling().temperature})",
         f"(default: {Sampling().top_p})",
+        f"about 7x rarer (default: {Sampling().stay_in_key})",
         "(default: 0)",
         "(default: cpu)",
         "the last bar J of the prompt",
@@ -273,6 +309,9 @@ def other_tokenizer(tmp_path_factory) -> Path:
         (["--top-p", "0"], "top-p must be in (0, 1]"),
         (["--top-p", "1.5"], "top-p must be in (0, 1]"),
         (["--top-k", "0"], "top-k must be at least 1"),
+        (["--stay-in-key", "-1"], "stay-in-key must be a number of at least 0"),
+        (["--stay-in-key", "inf"], "stay-in-key must be a number of at least 0"),
+        (["--stay-in-key", "nan"], "stay-in-key must be a number of at least 0"),
         (["--bars", "0"], "bars to generate must be at least 1"),
     ],
 )

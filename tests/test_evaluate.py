@@ -437,6 +437,7 @@ def evaluate_settings(prompts: int) -> dict:
         "top_p": 0.95,
         "top_k": None,
         "seed": 0,
+        "stay_in_key": 0.0,
         "nll_windows": 3,
     }
 
@@ -478,10 +479,26 @@ def test_evaluate_run_takes_its_systems_as_data(checkpoint, tmp_path):
         "| RWKV-7 | oracle | repeat the prompt's last bars | bars of another test piece | true continuation |"
     )
     assert f"| measure {agreement_header}" in markdown
+    assert "samples drawn at temperature 1.0, top-p 0.95, top-k all; share of" in markdown
     for p in range(3):
         for system in ["rwkv-7", "oracle"]:
             assert (tmp_path / f"eval/samples/prompt-{p}/{system}/sample-1.mid").is_file()
         assert f"samples/prompt-{p}/oracle/sample-0.png" in markdown
+
+
+def test_evaluate_run_samples_with_the_stay_in_key_setting_and_says_so(checkpoint, tmp_path):
+    """A strong pull into the prompt's key puts every sampled note there (the random model wanders otherwise), and
+    the report names the setting beside temperature and top-p."""
+    completer = Completer.load(checkpoint)
+    _, test_ds = three_test_windows(completer)
+    settings = {**evaluate_settings(prompts=3), "stay_in_key": 40.0}
+    likelihoods = {"unigram": unigram_window_nll(test_ds, len(completer.tokenizer.vocab))}
+    results = evaluate_run(settings, 2, completer, {"RWKV-7": completer}, likelihoods, test_ds, tmp_path / "eval")
+    values = [v for v in results["key_agreement_values"]["RWKV-7"] if v is not None and not np.isnan(v)]
+    assert values and all(v == 1.0 for v in values)
+    assert results["sampling"] == {"temperature": 1.0, "top_p": 0.95, "top_k": None, "stay_in_key": 40.0}
+    markdown = (tmp_path / "eval/report.md").read_text()
+    assert "samples drawn at temperature 1.0, top-p 0.95, top-k all, stay-in-key 40.0 nats; share of" in markdown
 
 
 def test_evaluate_run_with_a_renderer_plays_every_sample_and_truth_in_the_report(checkpoint, tmp_path, renderer):

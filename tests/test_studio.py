@@ -32,7 +32,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SIX_BARS = make_piano_score(6, 4, pitches=[60, 64, 67, 72], seed=0)  # 4/4 at 120 qpm, tpq 480: a bar is 1920 ticks
 BAR = 1920
-GENERATE = {"first_bar": 1, "last_bar": 6, "bars": 1, "samples": 1, "temperature": 1.0, "top_p": 1.0, "seed": 0}
+GENERATE = {
+    "first_bar": 1,
+    "last_bar": 6,
+    "bars": 1,
+    "samples": 1,
+    "temperature": 1.0,
+    "top_p": 1.0,
+    "seed": 0,
+    "stay_in_key": 0.0,
+}
 
 
 class SilentRenderer:
@@ -203,10 +212,16 @@ def test_the_page_starts_from_the_sampling_defaults(monkeypatch):
         temperature: float = 0.85
         top_p: float = 0.9
         bars: int = 6
+        stay_in_key: float = 1.5
 
     monkeypatch.setattr(studio_module, "Sampling", Tuned)
     defaults = studio_module.defaults()
-    assert (defaults["temperature"], defaults["top_p"], defaults["bars"]) == (0.85, 0.9, 6)
+    assert (defaults["temperature"], defaults["top_p"], defaults["bars"], defaults["stay_in_key"]) == (
+        0.85,
+        0.9,
+        6,
+        1.5,
+    )
 
 
 # The HTTP API, with real audio.
@@ -252,7 +267,16 @@ def test_http_upload_generate_keep_undo_download(server, tmp_path):
     assert sorted(zip(roll["onsets"], roll["pitches"])) == [(n[0] / 480, n[2]) for n in notes(SIX_BARS)]
     assert not any(roll["new"])
 
-    settings = {"first_bar": 3, "last_bar": 6, "bars": 2, "samples": 2, "temperature": 1.0, "top_p": 0.95, "seed": 5}
+    settings = {
+        "first_bar": 3,
+        "last_bar": 6,
+        "bars": 2,
+        "samples": 2,
+        "temperature": 1.0,
+        "top_p": 0.95,
+        "seed": 5,
+        "stay_in_key": 2.0,
+    }
     status, state = api(base + "/api/generate", settings)
     assert status == 200 and state["job"]["state"] in ("running", "rendering", "done") and state["job"]["total"] == 4
     for _ in range(2400):  # the page polls /api/job the same way
@@ -311,6 +335,7 @@ def test_http_errors_are_messages_and_the_server_goes_on(server):
         (b"{not json", "the request is not JSON"),
         (json.dumps({**GENERATE, "last_bar": 9}).encode(), "the prompt has 6 bars but bars 1 to 9 were asked for"),
         (json.dumps({**GENERATE, "temperature": 0}).encode(), "temperature must be greater than 0"),
+        (json.dumps({**GENERATE, "stay_in_key": -2}).encode(), "stay-in-key must be a number of at least 0"),
         (json.dumps({**GENERATE, "bars": "two"}).encode(), "must be numbers"),
         (json.dumps({"first_bar": 1, "last_bar": 2}).encode(), "the generate request has no bars"),
     ]:

@@ -16,7 +16,7 @@ import pytest
 from symusic import Score
 from test_studio import SIX_BARS, completer, notes, server  # noqa: F401 (fixtures)
 
-from pianomuse.complete import CONTINUATION_TRACK
+from pianomuse.complete import CONTINUATION_TRACK, Sampling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -107,10 +107,15 @@ def test_compose_in_the_browser(server, browser, tmp_path, monkeypatch):  # noqa
     # Generate 2 samples of 2 bars from bars 3..6; the generation waits until the progress bar has been seen.
     release = threading.Event()
     generate = studio.generate
-    monkeypatch.setattr(studio, "generate", lambda *a, **k: (release.wait(WAIT_S), generate(*a, **k))[1])
+    asked = []  # the settings each generation was asked for
+    monkeypatch.setattr(
+        studio, "generate", lambda *a, **k: (asked.append(a[2]), release.wait(WAIT_S), generate(*a, **k))[2]
+    )
     set_number(driver, "first-bar", 3)
     set_number(driver, "bars", 2)
     set_number(driver, "samples", 2)
+    assert float(driver.find_element(By.ID, "stay-in-key").get_attribute("value")) == Sampling().stay_in_key
+    set_number(driver, "stay-in-key", 1.5)
     seed = int(driver.find_element(By.ID, "seed").get_attribute("value"))
     driver.find_element(By.ID, "generate").click()
     wait.until(lambda d: d.find_element(By.ID, "progress-box").is_displayed())
@@ -119,6 +124,7 @@ def test_compose_in_the_browser(server, browser, tmp_path, monkeypatch):  # noqa
     release.set()
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, ".candidate")) == 2)
     assert not driver.find_element(By.ID, "progress-box").is_displayed()
+    assert (asked[0].samples, asked[0].bars, asked[0].stay_in_key) == (2, 2, 1.5)
     assert driver.find_element(By.ID, "seed").get_attribute("value") == str(seed + 1)  # the next round draws anew
     # Each sample: a piano roll and an audio player that has loaded its WAV.
     wait.until(
