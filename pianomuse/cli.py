@@ -54,7 +54,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, where: str, seed_hel
         default=defaults.stay_in_key,
         metavar="NATS",
         help="lower every pitch outside the prompt's key by this many nats (log-probability) before sampling: 0 "
-        "plays as the model learned, 2 makes an out-of-key note about 7x rarer (default: %(default)s)",
+        "plays as the model learned, 2 makes an out-of-key note about 7x rarer at temperature 1 (default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"{seed_help} (default: %(default)s)")
 

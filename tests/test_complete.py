@@ -278,7 +278,7 @@ def test_cli_help_explains_every_option_and_shows_the_defaults(capsys):
         "K (default: 4)",
         f"(default: {Sampling().temperature})",
         f"(default: {Sampling().top_p})",
-        f"about 7x rarer (default: {Sampling().stay_in_key})",
+        f"about 7x rarer at temperature 1 (default: {Sampling().stay_in_key})",
         "(default: 0)",
         "(default: cpu)",
         "the last bar J of the prompt",
