@@ -92,12 +92,11 @@ def test_stay_in_key_lowers_only_the_pitches_outside_the_prompts_key(completer):
 
 
 def test_stay_in_key_keeps_the_continuations_in_the_prompts_key(completer):
-    """The random model wanders out of C major; a strong pull keeps every pitch in it, and the grammar still holds.
-    Strength 0 is the model as it is: the same tokens as the default settings."""
+    """The random model wanders out of C major at strength 0 (the model as it is); a strong pull keeps every pitch
+    in it, and the grammar still holds."""
     prompt = completer.prompt_ids(make_piano_score(4, 6, pitches=C_MAJOR_CHORDS, seed=4), None)
     settings = {"bars": 2, "samples": 4, "temperature": 1.2, "top_p": 1.0, "seed": 11, "max_tokens_per_bar": 40}
-    free = completer.generate(prompt, Sampling(**settings), progress=False)
-    assert completer.generate(prompt, Sampling(**settings, stay_in_key=0.0), progress=False) == free
+    free = completer.generate(prompt, Sampling(**settings, stay_in_key=0.0), progress=False)
     kept = completer.generate(prompt, Sampling(**settings, stay_in_key=40.0), progress=False)
     check_samples(completer, prompt, kept, bars=2)
     scale = {0, 2, 4, 5, 7, 9, 11}
