@@ -60,7 +60,7 @@ def main() -> None:
     completers = [Completer.load(run) for run in args.runs]
     tokenizer = completers[0].tokenizer
     pitch_ids = torch.from_numpy(np.sort(pitch_token_ids(tokenizer)).astype(np.int64))  # sorted: searchsorted below
-    pitch_classes = torch.tensor([int(tokenizer[int(i)].removeprefix("Pitch_")) % 12 for i in pitch_ids])
+    pitch_classes = completers[0].grammar.pitch_class[pitch_ids]
     settings = list(itertools.product(args.temperatures, args.top_ps))
     validation = datasets.load_from_disk(args.windows)
     truth_in_key, notes = 0, 0
